@@ -1,0 +1,99 @@
+"""Coordinate frames and transform directions: the one place where LPS meets RAS.
+
+ITK, SimpleITK and image files use **LPS** (x to the patient's Left, y Posterior, z Superior).
+Slicer's MRML uses **RAS**. With ``F = diag(-1, -1, 1)``:
+
+* a point: ``p_ras = F @ p_lps``;
+* an image grid: ``IJKToRAS[:3, :3] = F @ D @ diag(spacing)`` and ``IJKToRAS[:3, 3] = F @ origin``
+  (``D`` the direction cosines, ``origin`` in LPS); the numpy voxel order ``(k, j, i)`` is the same on both sides;
+* a homogeneous transform matrix: ``M_ras = F4 @ M_lps @ F4`` with ``F4 = diag(-1, -1, 1, 1)``; the direction
+  of the mapping does not change.
+
+2D images (histology, BrainWeb slices) are embedded in 3D with ``z = 0`` and an identity third axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+F3 = np.diag([-1.0, -1.0, 1.0])
+F4 = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def lps_to_ras_points(points_lps) -> np.ndarray:
+    """Convert an (N, 3) or (3,) array of LPS points to RAS (and back: the map is its own inverse).
+
+    2D points (N, 2) are embedded with z = 0 first.
+    """
+    pts = np.asarray(points_lps, dtype=float)
+    single = pts.ndim == 1
+    pts = np.atleast_2d(pts)
+    if pts.shape[1] == 2:
+        pts = np.column_stack([pts, np.zeros(len(pts))])
+    if pts.shape[1] != 3:
+        raise ValueError(f"points must have 2 or 3 coordinates, got shape {pts.shape}")
+    out = pts * np.array([-1.0, -1.0, 1.0])
+    return out[0] if single else out
+
+
+ras_to_lps_points = lps_to_ras_points
+
+
+def image_ijk_to_lps_matrix(image: sitk.Image) -> np.ndarray:
+    """4x4 matrix mapping voxel indices (i, j, k) to LPS mm. A 2D image is embedded (k -> z, unit spacing)."""
+    dim = image.GetDimension()
+    direction = np.array(image.GetDirection(), dtype=float).reshape(dim, dim)
+    spacing = np.array(image.GetSpacing(), dtype=float)
+    origin = np.array(image.GetOrigin(), dtype=float)
+    m = np.eye(4)
+    m[:dim, :dim] = direction @ np.diag(spacing)
+    m[:dim, 3] = origin
+    return m
+
+
+def image_ijk_to_ras_matrix(image: sitk.Image) -> np.ndarray:
+    """4x4 IJKToRAS matrix of a SimpleITK image, as a Slicer volume node of the same grid has it."""
+    return F4 @ image_ijk_to_lps_matrix(image)
+
+
+def linear_transform_matrix_lps(transform: sitk.Transform, dimension: int | None = None) -> np.ndarray:
+    """Homogeneous 4x4 matrix (LPS) of a linear SimpleITK transform, including composites of linear transforms.
+
+    The matrix has the same direction as ``transform`` (for a registration result, fixed -> moving).
+    A 2D transform is embedded in 3D (z unchanged). Raises ``ValueError`` for a non-linear transform.
+    """
+    if not transform.IsLinear():
+        raise ValueError(f"{transform.GetName()} is not linear; convert it through a file or a displacement field")
+    dim = dimension or transform.GetDimension()
+    origin = np.zeros(dim)
+    t0 = np.array(transform.TransformPoint(tuple(origin)))
+    a = np.zeros((dim, dim))
+    for c in range(dim):
+        e = np.zeros(dim)
+        e[c] = 1.0
+        a[:, c] = np.array(transform.TransformPoint(tuple(e))) - t0
+    m = np.eye(4)
+    m[:dim, :dim] = a
+    m[:dim, 3] = t0
+    return m
+
+
+def linear_transform_matrix_ras(transform: sitk.Transform) -> np.ndarray:
+    """4x4 RAS matrix of a linear SimpleITK (LPS) transform; same mapping direction."""
+    return F4 @ linear_transform_matrix_lps(transform) @ F4
+
+
+def affine_transform_from_matrix_lps(matrix_lps, dimension: int = 3) -> sitk.AffineTransform:
+    """SimpleITK AffineTransform from a homogeneous 4x4 LPS matrix (the direction is kept as given)."""
+    m = np.asarray(matrix_lps, dtype=float)
+    tx = sitk.AffineTransform(dimension)
+    tx.SetMatrix(tuple(m[:dimension, :dimension].ravel()))
+    tx.SetTranslation(tuple(m[:dimension, 3]))
+    return tx
+
+
+def transform_points(transform: sitk.Transform, points) -> np.ndarray:
+    """Apply a SimpleITK transform to an (N, dim) array of points (in the transform's frame, usually LPS)."""
+    pts = np.atleast_2d(np.asarray(points, dtype=float))
+    return np.array([transform.TransformPoint(tuple(map(float, p))) for p in pts])
