@@ -1,0 +1,68 @@
+"""The ``crossmodalreg`` command line: the same registration, landmark statistics and validation as the modules.
+
+Each sub-command lives in its own module that defines ``add_parser(subparsers)``; the parser's ``func``
+takes the parsed arguments and returns the exit code. Bad input prints one line ``crossmodalreg: error: ...``
+and exits with 2, having written nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import CrossModalRegError, RegistrationCancelled, RegistrationFailed
+
+# (module, description): each module has add_parser(subparsers).
+SUBCOMMAND_MODULES = [
+    "CrossModalRegLib.commands.register_cmd",
+    "CrossModalRegLib.commands.demo_cmd",
+    "CrossModalRegLib.commands.landmarks_cmd",
+    "CrossModalRegLib.commands.validate_cmd",
+    "CrossModalRegLib.commands.benchmark_cmd",
+    "CrossModalRegLib.commands.batch_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="crossmodalreg",
+        description="Cross-modality image registration, landmark statistics and validation (headless CrossModalReg).",
+    )
+    parser.add_argument("--version", action="version", version=f"crossmodalreg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that sub-command is not part of this build yet
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CrossModalRegError as exc:
+        print(f"crossmodalreg: error: {exc}", file=sys.stderr)
+        return 2
+    except RegistrationFailed as exc:
+        print(f"crossmodalreg: registration failed: {exc}", file=sys.stderr)
+        return 3
+    except RegistrationCancelled:
+        print("crossmodalreg: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("crossmodalreg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
