@@ -76,7 +76,7 @@ def software_versions() -> dict:
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def write_json_atomic(path: str, obj) -> str:

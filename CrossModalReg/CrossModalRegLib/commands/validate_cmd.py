@@ -1,0 +1,229 @@
+"""``crossmodalreg validate``: the validation tables of the CrossModalRegValidation module, as TSV and JSON.
+
+Writes into ``--output-dir`` (created; it must not exist or be empty): ``summary.tsv``, ``landmarks.tsv`` and
+``segments.tsv`` when those inputs are given (each with Slicer's ``.schema.tsv`` beside it, so the units and
+descriptions load into Slicer), ``summary.json`` (values, acceptance, provenance) and, with ``--write-jacobian``,
+``jacobian.nii.gz``. Everything is written to a temporary folder first and renamed at the end, so a failed run
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import tempfile
+
+import numpy as np
+
+from ..errors import CrossModalRegError
+
+LANDMARK_HELP = ("Slicer markups (.mrk.json) or CSV 'label,x,y,z' whose first lines include a comment "
+                 "'# frame: LPS' or '# frame: RAS'")
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "validate",
+        help="TRE, Dice, surface distances, Jacobian and NMI of a registration, with acceptance profiles",
+        description="Validate a registration transform: landmark TRE/FRE before and after (against FLE), per-label "
+                    "Dice, Hausdorff, HD95 and mean surface distance, Jacobian determinant statistics and NMI, "
+                    "with pass/fail from an acceptance profile. Writes TSV tables and a JSON summary.",
+    )
+    p.add_argument("--fixed", required=True, help="fixed image file")
+    p.add_argument("--moving", required=True, help="moving image file")
+    p.add_argument("--transform", required=True, help="ITK transform file (.h5, .tfm, .mat, .txt)")
+    p.add_argument("--direction", choices=("fixed-to-moving", "moving-to-fixed"), default="fixed-to-moving",
+                   help="what the transform maps: FIXED points to MOVING points (ITK/elastix/ANTs/BRAINSFit "
+                        "resampling convention, default) or the reverse (inverted here when possible)")
+    p.add_argument("--fixed-landmarks", help=LANDMARK_HELP)
+    p.add_argument("--moving-landmarks", help=LANDMARK_HELP)
+    p.add_argument("--driving-landmarks", default=None,
+                   help="comma-separated labels of the landmarks that drove the registration (reported as FRE); "
+                        "the others are held out (TRE)")
+    p.add_argument("--fle", type=float, default=None, help="fiducial localisation error, RMS per image, mm")
+    p.add_argument("--skip-unpaired-landmarks", action="store_true",
+                   help="skip landmarks whose label is on one side only (default: error)")
+    p.add_argument("--fixed-labels", help="label map on the fixed side (same value = same structure)")
+    p.add_argument("--moving-labels", help="label map on the moving side")
+    p.add_argument("--jacobian", choices=("auto", "always", "never"), default="auto",
+                   help="Jacobian map: for non-linear transforms (auto), always, or never")
+    p.add_argument("--jacobian-mask", help="fixed-space mask (non-zero voxels) for the Jacobian statistics")
+    p.add_argument("--write-jacobian", action="store_true", help="also write the Jacobian map as jacobian.nii.gz")
+    p.add_argument("--profile", default=None,
+                   help="acceptance profile: a bundled name (neuro, abdomen, plausibility) or a JSON file")
+    p.add_argument("--fail-on-reject", action="store_true", help="exit with 1 when the profile's verdict is fail")
+    p.add_argument("--output-dir", required=True, help="folder to create for the results")
+    p.set_defaults(func=run)
+    return p
+
+
+# ------------------------------------------------------------------------------------------ reading inputs
+def _read_image(path, role):
+    import SimpleITK as sitk
+
+    if not path or not os.path.isfile(path):
+        raise CrossModalRegError(f"{role} file not found: {path}")
+    try:
+        return sitk.ReadImage(path)
+    except RuntimeError as exc:
+        raise CrossModalRegError(f"{role} file {path} could not be read as an image") from exc
+
+
+def _read_transform(path):
+    import SimpleITK as sitk
+
+    if not os.path.isfile(path):
+        raise CrossModalRegError(f"transform file not found: {path}")
+    try:
+        return sitk.ReadTransform(path)
+    except RuntimeError as exc:
+        raise CrossModalRegError(f"transform file {path} could not be read as an ITK transform") from exc
+
+
+_FRAME = re.compile(r"^\s*#\s*frame\s*[:=]\s*(\w+)", re.I)
+
+
+def read_landmarks_csv(path):
+    """LandmarkSet from a CSV ``label,x,y,z``; the frame must be stated in a comment ``# frame: LPS`` (or RAS)."""
+    from ..validation.tre import LandmarkSet
+
+    frame = None
+    labels, points = [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            first = row[0].strip()
+            if first.startswith("#"):
+                m = _FRAME.match(",".join(row))
+                if m:
+                    frame = m.group(1).upper()
+                continue
+            if first.lower() == "label":
+                continue
+            if len(row) < 4:
+                raise CrossModalRegError(f"{path} line {lineno}: expected label,x,y,z")
+            try:
+                points.append([float(v) for v in row[1:4]])
+            except ValueError as exc:
+                raise CrossModalRegError(f"{path} line {lineno}: coordinates must be numbers") from exc
+            labels.append(first)
+    if frame not in ("LPS", "RAS"):
+        raise CrossModalRegError(f"{path} does not state its frame: add a first line '# frame: LPS' or "
+                                 "'# frame: RAS'" if frame is None else f"{path}: unknown frame '{frame}'")
+    if not labels:
+        raise CrossModalRegError(f"{path} has no landmark")
+    pts = np.array(points, dtype=float)
+    if frame == "RAS":
+        pts = pts * np.array([-1.0, -1.0, 1.0])
+    return LandmarkSet(tuple(labels), pts)
+
+
+def read_landmarks_markups(path, scene):
+    """LandmarkSet (LPS) from a Slicer ``.mrk.json`` file, read by Slicer's own storage node."""
+    import slicer
+
+    from ..validation.scene import landmark_set_from_markups
+
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+    storage.SetFileName(path)
+    scene.AddNode(storage)
+    if not storage.ReadData(node):
+        raise CrossModalRegError(f"{path} could not be read as Slicer markups (.mrk.json)")
+    return landmark_set_from_markups(node)
+
+
+def read_landmarks(path, role, app=None):
+    if not os.path.isfile(path):
+        raise CrossModalRegError(f"{role} landmarks file not found: {path}")
+    lower = path.lower()
+    if lower.endswith(".json"):
+        return read_landmarks_markups(path, app.scene)
+    if lower.endswith((".csv", ".txt")):
+        return read_landmarks_csv(path)
+    raise CrossModalRegError(f"{role} landmarks {path}: use a Slicer .mrk.json or a .csv file")
+
+
+# -------------------------------------------------------------------------------------------------- run
+def _prepare_output(path):
+    path = os.path.abspath(path)
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise CrossModalRegError(f"output directory {path} exists and is not empty: choose a new one")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise CrossModalRegError(f"the parent folder of the output directory does not exist: {parent}")
+    return path
+
+
+def run(args) -> int:
+    from ..provenance import sha256_of_file, write_json_atomic
+    from ..tables import write_tsv
+    from ..validation.profiles import load_profile
+    from ..validation.report import LANDMARK_COLUMNS, SEGMENT_COLUMNS, SUMMARY_COLUMNS, validate
+
+    out_dir = _prepare_output(args.output_dir)
+    if bool(args.fixed_landmarks) != bool(args.moving_landmarks):
+        raise CrossModalRegError("give both --fixed-landmarks and --moving-landmarks, or neither")
+    if bool(args.fixed_labels) != bool(args.moving_labels):
+        raise CrossModalRegError("give both --fixed-labels and --moving-labels, or neither")
+    if args.fle is not None and args.fle < 0:
+        raise CrossModalRegError("--fle must be a non-negative distance in mm")
+    profile = load_profile(args.profile) if args.profile else None
+    fixed = _read_image(args.fixed, "fixed image")
+    moving = _read_image(args.moving, "moving image")
+    transform = _read_transform(args.transform)
+    files = {"fixed": args.fixed, "moving": args.moving, "transform_file": args.transform,
+             "fixed_landmarks": args.fixed_landmarks, "moving_landmarks": args.moving_landmarks,
+             "fixed_labels": args.fixed_labels, "moving_labels": args.moving_labels,
+             "jacobian_mask": args.jacobian_mask}
+    checksums = {f"{k}_file": sha256_of_file(v) for k, v in files.items() if v}
+    fl = ml = None
+    if args.fixed_landmarks:
+        app = None
+        if any(p.lower().endswith(".json") for p in (args.fixed_landmarks, args.moving_landmarks)):
+            from ..headless import HeadlessSlicer
+
+            app = HeadlessSlicer(set_global_scene=False)
+        try:
+            fl = read_landmarks(args.fixed_landmarks, "fixed", app)
+            ml = read_landmarks(args.moving_landmarks, "moving", app)
+        finally:
+            if app is not None:
+                app.close()
+    fixed_labels = _read_image(args.fixed_labels, "fixed label map") if args.fixed_labels else None
+    moving_labels = _read_image(args.moving_labels, "moving label map") if args.moving_labels else None
+    mask = _read_image(args.jacobian_mask, "Jacobian mask") if args.jacobian_mask else None
+    driving = None
+    if args.driving_landmarks is not None:
+        driving = [s.strip() for s in args.driving_landmarks.split(",") if s.strip()]
+    report = validate(transform, direction=args.direction, fixed=fixed, moving=moving, fixed_landmarks=fl,
+                      moving_landmarks=ml, driving_labels=driving, fle_mm=args.fle,
+                      unpaired_landmarks="skip" if args.skip_unpaired_landmarks else "error",
+                      fixed_labels=fixed_labels, moving_labels=moving_labels, jacobian=args.jacobian,
+                      jacobian_mask=mask, profile=profile, input_checksums=checksums)
+    report.provenance["input_files"] = {k: os.path.abspath(v) for k, v in files.items() if v}
+
+    tmp = tempfile.mkdtemp(prefix=".validate-", dir=os.path.dirname(out_dir))
+    try:
+        write_tsv(os.path.join(tmp, "summary.tsv"), SUMMARY_COLUMNS, report.summary_rows())
+        if report.landmarks is not None:
+            write_tsv(os.path.join(tmp, "landmarks.tsv"), LANDMARK_COLUMNS, report.landmark_rows())
+        if report.labels is not None:
+            write_tsv(os.path.join(tmp, "segments.tsv"), SEGMENT_COLUMNS, report.segment_rows())
+        if args.write_jacobian and report.jacobian_image is not None:
+            import SimpleITK as sitk
+
+            sitk.WriteImage(report.jacobian_image, os.path.join(tmp, "jacobian.nii.gz"))
+        write_json_atomic(os.path.join(tmp, "summary.json"), report.summary_json())
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked above)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    verdict = report.verdict
+    print(f"validation written to {out_dir}" + (f" (profile {profile.name}: {verdict})" if profile else ""))
+    return 1 if args.fail_on_reject and verdict == "fail" else 0

@@ -1,0 +1,569 @@
+"""The registration engine (SimpleITK, Qt-free): 2D and 3D, rigid / affine / B-spline stages, cross-modality metrics.
+
+The single entry point is :func:`register`. Its result's ``transform_fixed_to_moving_lps`` maps a point of the
+FIXED image's physical space (LPS mm) to the corresponding point of the MOVING image (LPS mm): the ITK
+resampling direction. ``sitk.Resample(moving, fixed, result.transform_fixed_to_moving_lps)`` brings the moving
+image onto the fixed grid; in Slicer the same transform is the *transform from parent* of the node the moving
+volume is placed under (see ``mrml.set_transform_fixed_to_moving``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import initialization, presets, sanity
+from .errors import CrossModalRegError, RegistrationCancelled, RegistrationFailed
+from .preprocessing import check_image, check_mask, preprocess
+from .progress import ProgressTracker
+from .provenance import now_iso, sha256_of_image, software_versions
+
+DEFAULT_SEED = 20261124
+
+
+@dataclass
+class MetricSample:
+    """One optimiser iteration: which stage and level, the iteration number and the metric value (lower = better)."""
+
+    stage_index: int
+    stage: str
+    level: int
+    iteration: int
+    metric: float
+
+
+@dataclass
+class RegistrationResult:
+    """What :func:`register` returns.
+
+    Attributes
+    ----------
+    transform_fixed_to_moving_lps : SimpleITK.Transform
+        Maps FIXED-space points to MOVING-space points, LPS millimetres (ITK convention).
+    initial_transform_fixed_to_moving_lps : SimpleITK.Transform
+        The initialisation the optimiser started from (same direction and frame).
+    """
+
+    transform_fixed_to_moving_lps: sitk.Transform
+    initial_transform_fixed_to_moving_lps: sitk.Transform
+    preset: dict
+    preset_sha256: str
+    seed: int
+    dimension: int
+    metric_trace: list[MetricSample] = field(default_factory=list)
+    initial_metric: float | None = None
+    final_metric: float | None = None
+    sanity: sanity.SanityReport | None = None
+    timings_s: dict = field(default_factory=dict)
+    initialization: dict = field(default_factory=dict)
+    stop_conditions: list[str] = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)
+    started: str = ""
+
+    def resample_moving(self, fixed: sitk.Image, moving: sitk.Image, *, interpolator=sitk.sitkLinear,
+                        default_value: float | None = None) -> sitk.Image:
+        """The moving image resampled onto the fixed grid through the result (moving's pixel type kept)."""
+        if default_value is None:
+            arr = sitk.GetArrayViewFromImage(moving)
+            default_value = float(arr.min()) if arr.size else 0.0
+        return sitk.Resample(moving, fixed, self.transform_fixed_to_moving_lps, interpolator, default_value,
+                             moving.GetPixelID())
+
+    def metric_trace_rows(self) -> list[dict]:
+        return [
+            {"stage_index": s.stage_index, "stage": s.stage, "level": s.level, "iteration": s.iteration,
+             "metric": s.metric}
+            for s in self.metric_trace
+        ]
+
+    def provenance(self) -> dict:
+        """Everything needed to repeat the run: versions, preset (and hash), seed, inputs' checksums, timings."""
+        return {
+            "software": software_versions(),
+            "started": self.started,
+            "preset": self.preset,
+            "preset_sha256": self.preset_sha256,
+            "seed": self.seed,
+            "dimension": self.dimension,
+            "inputs": self.inputs,
+            "initialization": self.initialization,
+            "timings_s": self.timings_s,
+            "initial_metric": self.initial_metric,
+            "final_metric": self.final_metric,
+            "stop_conditions": self.stop_conditions,
+            "sanity": self.sanity.as_dict() if self.sanity else None,
+            "transform_direction": "fixed -> moving (maps fixed-space points to moving-space points)",
+            "transform_frame": "LPS",
+        }
+
+
+def _cancel_checker(cancel):
+    if cancel is None:
+        return lambda: False
+    if hasattr(cancel, "is_set"):
+        return cancel.is_set
+    if callable(cancel):
+        return lambda: bool(cancel())
+    raise TypeError("cancel must be None, a threading.Event-like object or a callable returning bool")
+
+
+def _set_metric(method, metric: dict):
+    name = metric["name"]
+    if name == "mattes":
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(metric.get("bins", 32)))
+    elif name == "joint_histogram_mi":
+        method.SetMetricAsJointHistogramMutualInformation(
+            numberOfHistogramBins=int(metric.get("bins", 32)), varianceForJointPDFSmoothing=float(metric.get("variance", 1.5))
+        )
+    elif name == "ants_neighborhood_correlation":
+        method.SetMetricAsANTSNeighborhoodCorrelation(radius=int(metric.get("radius", 2)))
+    elif name == "correlation":
+        method.SetMetricAsCorrelation()
+    elif name == "mean_squares":
+        method.SetMetricAsMeanSquares()
+    else:  # validated before
+        raise CrossModalRegError(f"unknown metric {name}")
+
+
+def _sampling_percentages(fixed: sitk.Image, stage: dict) -> list[float]:
+    """Fraction of fixed voxels sampled at each level.
+
+    ``samples_per_level`` (a number of points per level) wins over ``percentage_per_level`` and ``percentage``:
+    it keeps the metric's statistics the same for a 2D slice and a 3D volume.
+    """
+    shrink, _ = _levels(stage)
+    sampling = stage.get("sampling", {})
+    n = float(np.prod(fixed.GetSize()))
+    if sampling.get("samples_per_level"):
+        counts = [float(c) for c in sampling["samples_per_level"]]
+        return [min(1.0, c / (n / s ** fixed.GetDimension())) for c, s in zip(counts, shrink)]
+    if sampling.get("percentage_per_level"):
+        return [min(1.0, float(p)) for p in sampling["percentage_per_level"]]
+    return [min(1.0, float(sampling.get("percentage", 1.0)))] * len(shrink)
+
+
+def _set_sampling(method, fixed, stage: dict, seed: int):
+    strategy = stage.get("sampling", {}).get("strategy", "random")
+    pcts = _sampling_percentages(fixed, stage)
+    if strategy == "none" or min(pcts) >= 1.0:
+        method.SetMetricSamplingStrategy(method.NONE)
+        return
+    method.SetMetricSamplingStrategy(method.REGULAR if strategy == "regular" else method.RANDOM)
+    method.SetMetricSamplingPercentagePerLevel(pcts, seed)
+
+
+def _set_optimizer(method, opt: dict, stage_type: str):
+    name = opt.get("name", "lbfgsb" if stage_type == "bspline" else "regular_step_gradient_descent")
+    iterations = int(opt.get("iterations", 100))
+    if name == "regular_step_gradient_descent":
+        method.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=float(opt.get("learning_rate", 1.0)),
+            minStep=float(opt.get("min_step", 1e-3)),
+            numberOfIterations=iterations,
+            relaxationFactor=float(opt.get("relaxation_factor", 0.5)),
+            gradientMagnitudeTolerance=float(opt.get("gradient_tolerance", 1e-6)),
+        )
+    elif name == "gradient_descent":
+        method.SetOptimizerAsGradientDescent(
+            learningRate=float(opt.get("learning_rate", 1.0)),
+            numberOfIterations=iterations,
+            convergenceMinimumValue=float(opt.get("convergence_minimum_value", 1e-6)),
+            convergenceWindowSize=int(opt.get("convergence_window_size", 10)),
+            estimateLearningRate=method.EachIteration,
+            maximumStepSizeInPhysicalUnits=float(opt.get("max_step_mm", 1.0)),
+        )
+    elif name == "gradient_descent_line_search":
+        method.SetOptimizerAsGradientDescentLineSearch(
+            learningRate=float(opt.get("learning_rate", 5.0)),
+            numberOfIterations=iterations,
+            convergenceMinimumValue=float(opt.get("convergence_minimum_value", 1e-5)),
+            convergenceWindowSize=int(opt.get("convergence_window_size", 5)),
+        )
+    elif name == "lbfgsb":
+        method.SetOptimizerAsLBFGSB(
+            gradientConvergenceTolerance=float(opt.get("gradient_tolerance", 1e-5)),
+            numberOfIterations=iterations,
+            maximumNumberOfCorrections=int(opt.get("corrections", 5)),
+            maximumNumberOfFunctionEvaluations=int(opt.get("max_evaluations", 4 * iterations)),
+            costFunctionConvergenceFactor=float(opt.get("cost_convergence_factor", 1e7)),
+        )
+    elif name == "lbfgs2":
+        method.SetOptimizerAsLBFGS2(
+            solutionAccuracy=float(opt.get("solution_accuracy", 1e-5)),
+            numberOfIterations=iterations,
+            deltaConvergenceTolerance=float(opt.get("delta_tolerance", 1e-5)),
+        )
+    else:
+        raise CrossModalRegError(f"unknown optimizer '{name}'")
+    if name not in ("lbfgsb", "lbfgs2"):
+        # Re-estimated at every level, so it also follows a B-spline mesh that is refined between levels.
+        method.SetOptimizerScalesFromPhysicalShift()
+    return iterations
+
+
+def _levels(stage: dict):
+    shrink = [int(s) for s in stage.get("shrink_factors", [1])]
+    sigmas = [float(s) for s in stage.get("smoothing_sigmas_mm", [0.0] * len(shrink))]
+    return shrink, sigmas
+
+
+def _linear_transform_for(stage_type: str, dim: int, current: sitk.Transform) -> sitk.Transform:
+    """A new stage transform initialised to ``current`` (a linear fixed->moving transform)."""
+    from .geometry import linear_transform_matrix_lps
+
+    m = linear_transform_matrix_lps(current, dim)
+    a, t = m[:dim, :dim], m[:dim, 3]
+    center = np.array(current.GetFixedParameters()[:dim]) if hasattr(current, "GetCenter") else np.zeros(dim)
+    try:
+        center = np.array(current.GetCenter())
+    except AttributeError:
+        pass
+    if stage_type == "rigid":
+        tx = sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
+        tx.SetCenter(tuple(center))
+        # Nearest rotation to A (it is a rotation already for rigid inputs).
+        u, _, vt = np.linalg.svd(a)
+        r = u @ vt
+        if np.linalg.det(r) < 0:
+            u[:, -1] *= -1
+            r = u @ vt
+        tx.SetMatrix(tuple(r.ravel()))
+    else:
+        tx = sitk.AffineTransform(dim)
+        tx.SetCenter(tuple(center))
+        tx.SetMatrix(tuple(a.ravel()))
+        r = a
+    # T(x) = R (x - c) + c + t'  must equal A x + t  =>  t' = A c + t - c (R = A for the same linear part)
+    tx.SetTranslation(tuple(r @ center + t - center))
+    return tx
+
+
+def _bspline_mesh(fixed: sitk.Image, spacing_mm: float, coarsest_scale: int) -> list[int]:
+    extent = np.array(fixed.GetSize()) * np.array(fixed.GetSpacing())
+    mesh = np.maximum(1, np.round(extent / (spacing_mm * coarsest_scale)).astype(int))
+    return [int(m) for m in mesh]
+
+
+def _level_costs(fixed: sitk.Image, stage: dict) -> list[float]:
+    shrink, _ = _levels(stage)
+    per_level = _sampling_percentages(fixed, stage)
+    n = float(np.prod(fixed.GetSize()))
+    iters = int(stage.get("optimizer", {}).get("iterations", 100))
+    costs = []
+    for s, p in zip(shrink, per_level):
+        c = n / (s ** fixed.GetDimension()) * min(float(p), 1.0) * iters
+        if stage["type"] == "bspline":
+            c *= 3.0
+        costs.append(max(c, 1.0))
+    return costs
+
+
+def register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    *,
+    preset="multimodal-rigid",
+    fixed_mask: sitk.Image | None = None,
+    moving_mask: sitk.Image | None = None,
+    fixed_landmarks=None,
+    moving_landmarks=None,
+    initial_transform_fixed_to_moving: sitk.Transform | None = None,
+    initialization_method: str | None = None,
+    rotation_search: bool | None = None,
+    overrides: dict | None = None,
+    seed: int = DEFAULT_SEED,
+    progress=None,
+    cancel=None,
+    strict: bool = True,
+    number_of_threads: int | None = None,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` (2D or 3D, any modalities) with a preset.
+
+    Parameters
+    ----------
+    fixed, moving : SimpleITK.Image
+        Images in LPS physical space (as read by SimpleITK). RGB images are accepted by presets that convert
+        to grey.
+    preset : str, path or dict
+        A shipped preset name (see ``presets.available_presets()``), a JSON file, or a preset dict.
+    fixed_mask, moving_mask : SimpleITK.Image, optional
+        Label maps (non-zero = inside) restricting where the metric is computed, on any grid.
+    fixed_landmarks, moving_landmarks : array (N, dim), optional
+        Paired points in LPS mm (row i of each is the same anatomical point). Used for landmark initialisation
+        (N >= 3; a rigid fit); also reported in the result.
+    initial_transform_fixed_to_moving : SimpleITK.Transform, optional
+        A linear starting transform (fixed -> moving, LPS), e.g. from an earlier run or a manual alignment.
+    initialization_method : {"moments", "geometry", "landmarks", "none"}, optional
+        Overrides the preset. Defaults to "landmarks" when landmarks are given.
+    rotation_search : bool, optional
+        Overrides the preset's coarse search over rotations (for large initial misalignment).
+    overrides : dict, optional
+        Dotted-key changes to the preset, e.g. ``{"stages.0.optimizer.iterations": 50}``.
+    seed : int
+        Seed of every random sampler: the same inputs and seed give the same transform.
+    progress : callable(Progress), optional
+        Called with a :class:`~CrossModalRegLib.progress.Progress`; its fraction only goes up and ends at 1.
+    cancel : threading.Event or callable, optional
+        When set (or returning True) the run stops within about a second and raises ``RegistrationCancelled``.
+    strict : bool
+        If True (default) a result that fails the post-run sanity checks raises ``RegistrationFailed``;
+        if False it is returned with ``result.sanity.passed == False``.
+
+    Returns
+    -------
+    RegistrationResult
+        ``transform_fixed_to_moving_lps`` maps fixed-space points to moving-space points (LPS mm).
+    """
+    t_start = time.perf_counter()
+    cancelled = _cancel_checker(cancel)
+    preset_dict = presets.apply_overrides(presets.load_preset(preset), overrides)
+    if number_of_threads:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(number_of_threads))
+
+    # ---------------------------------------------------------------- pre-flight (nothing is created before)
+    pre = preset_dict.get("preprocessing", {})
+    check_image(fixed, "fixed", allow_vector="grey" in pre.get("fixed", {}))
+    check_image(moving, "moving", allow_vector="grey" in pre.get("moving", {}))
+    dim = fixed.GetDimension()
+    if moving.GetDimension() != dim:
+        raise CrossModalRegError(
+            f"fixed image is {dim}D but moving image is {moving.GetDimension()}D: register 2D with 2D and 3D with 3D"
+        )
+    want_dim = preset_dict.get("dimension", "any")
+    if want_dim != "any" and int(want_dim) != dim:
+        raise CrossModalRegError(
+            f"preset '{preset_dict['name']}' is for {want_dim}D images but the inputs are {dim}D: choose another preset"
+        )
+    fixed_mask = check_mask(fixed_mask, "fixed", fixed)
+    moving_mask = check_mask(moving_mask, "moving", moving)
+    init_cfg = dict(preset_dict.get("initialization", {}))
+    method_name = initialization_method or (
+        "landmarks" if fixed_landmarks is not None or moving_landmarks is not None else init_cfg.get("method", "moments")
+    )
+    if initial_transform_fixed_to_moving is not None:
+        method_name = "transform"
+    if method_name == "landmarks":
+        fixed_landmarks, moving_landmarks = initialization.check_landmark_pairs(fixed_landmarks, moving_landmarks, dim)
+    if initial_transform_fixed_to_moving is not None:
+        if initial_transform_fixed_to_moving.GetDimension() != dim:
+            raise CrossModalRegError(
+                f"initial transform is {initial_transform_fixed_to_moving.GetDimension()}D but the images are {dim}D"
+            )
+        if not initial_transform_fixed_to_moving.IsLinear():
+            raise CrossModalRegError("the initial transform must be linear (rigid or affine)")
+    do_search = init_cfg.get("rotation_search", {}).get("enabled", False) if rotation_search is None else rotation_search
+    if method_name in ("landmarks", "transform"):
+        do_search = bool(rotation_search)  # a user-given start is trusted unless a search is asked for
+
+    stages = preset_dict["stages"]
+    weights = {"preprocess": 0.03 * 1e6, "initialize": (0.15 if do_search else 0.02) * 1e6}
+    stage_costs = [_level_costs(fixed, st) for st in stages]
+    total_stage = sum(sum(c) for c in stage_costs) or 1.0
+    for i, c in enumerate(stage_costs):
+        weights[f"stage{i}"] = 0.80 * 1e6 * sum(c) / total_stage
+    tracker = ProgressTracker(progress, weights)
+    timings = {}
+
+    inputs = {
+        "fixed": {"sha256": sha256_of_image(fixed), "size": list(fixed.GetSize()), "spacing": list(fixed.GetSpacing())},
+        "moving": {"sha256": sha256_of_image(moving), "size": list(moving.GetSize()),
+                   "spacing": list(moving.GetSpacing())},
+    }
+    if fixed_mask is not None:
+        inputs["fixed_mask"] = {"sha256": sha256_of_image(fixed_mask)}
+    if moving_mask is not None:
+        inputs["moving_mask"] = {"sha256": sha256_of_image(moving_mask)}
+    if fixed_landmarks is not None and moving_landmarks is not None:
+        inputs["landmark_pairs"] = int(len(fixed_landmarks))
+
+    # ---------------------------------------------------------------- preprocessing
+    t = time.perf_counter()
+    tracker.update("preprocess", 0.0, message="preprocessing")
+    fixed_p = preprocess(fixed, pre.get("fixed"), mask=fixed_mask, cancelled=cancelled)
+    tracker.update("preprocess", 0.5, message="preprocessing")
+    moving_p = preprocess(moving, pre.get("moving"), mask=moving_mask, cancelled=cancelled)
+    if cancelled():
+        raise RegistrationCancelled()
+    tracker.update("preprocess", 1.0, message="preprocessed")
+    timings["preprocess"] = time.perf_counter() - t
+
+    # ---------------------------------------------------------------- initialisation
+    t = time.perf_counter()
+    tracker.update("initialize", 0.0, message=f"initialising ({method_name})")
+    if method_name == "transform":
+        current = initial_transform_fixed_to_moving
+        init_info = {"method": "transform"}
+    else:
+        current, init_info = initialization.initial_transform(
+            fixed_p, moving_p, method_name, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks
+        )
+    initialization.check_overlap(fixed_p, moving_p, current, fixed_mask=fixed_mask, when="after initialisation")
+    if do_search:
+        search_cfg = dict(init_cfg.get("rotation_search", {}))
+        current, search_info = initialization.rotation_search(
+            fixed_p, moving_p, current, metric=stages[0]["metric"], config=search_cfg, seed=seed,
+            fixed_mask=fixed_mask, moving_mask=moving_mask, cancelled=cancelled,
+            report=lambda f: tracker.update("initialize", f, message="searching rotations"),
+        )
+        init_info["rotation_search"] = search_info
+    initial_transform = _copy_transform(current)
+    tracker.update("initialize", 1.0, message="initialised")
+    timings["initialize"] = time.perf_counter() - t
+
+    result = RegistrationResult(
+        transform_fixed_to_moving_lps=current,
+        initial_transform_fixed_to_moving_lps=initial_transform,
+        preset=preset_dict,
+        preset_sha256=presets.preset_sha256(preset_dict),
+        seed=int(seed),
+        dimension=dim,
+        initialization=init_info,
+        inputs=inputs,
+        started=now_iso(),
+    )
+    result.initial_metric = sanity.evaluate_metric(fixed_p, moving_p, initial_transform, stages[0]["metric"],
+                                                   fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
+
+    # ---------------------------------------------------------------- stages
+    linear = current
+    bspline_tx = None
+    for si, stage in enumerate(stages):
+        if cancelled():
+            raise RegistrationCancelled()
+        t = time.perf_counter()
+        stage_type = stage["type"]
+        shrink, sigmas = _levels(stage)
+        method = sitk.ImageRegistrationMethod()
+        _set_metric(method, stage["metric"])
+        _set_sampling(method, fixed_p, stage, seed + si)
+        method.SetInterpolator(sitk.sitkLinear)
+        # Gradients at the sampled points only, not a gradient image of every voxel at every level.
+        method.MetricUseFixedImageGradientFilterOff()
+        method.MetricUseMovingImageGradientFilterOff()
+        if fixed_mask is not None:
+            method.SetMetricFixedMask(fixed_mask)
+        if moving_mask is not None:
+            method.SetMetricMovingMask(moving_mask)
+        method.SetShrinkFactorsPerLevel(shrink)
+        method.SetSmoothingSigmasPerLevel(sigmas)
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+
+        if stage_type in ("rigid", "affine"):
+            stage_tx = _linear_transform_for(stage_type, dim, linear)
+            method.SetInitialTransform(stage_tx, inPlace=True)
+            max_iter = _set_optimizer(method, stage.get("optimizer", {}), stage_type)
+
+            def make_preview(method=method, stage_tx=stage_tx):
+                tx = _copy_transform(stage_tx)
+                tx.SetParameters(method.GetOptimizerPosition())
+                return tx
+        else:
+            scale_factors = [int(s) for s in stage.get("mesh_scale_factors", [1] * len(shrink))]
+            mesh = _bspline_mesh(fixed_p, float(stage["control_point_spacing_mm"]), scale_factors[-1])
+            bspline_tx = sitk.BSplineTransformInitializer(fixed_p, mesh, int(stage.get("order", 3)))
+            method.SetMovingInitialTransform(linear)
+            method.SetInitialTransformAsBSpline(bspline_tx, inPlace=True, scaleFactors=scale_factors)
+            max_iter = _set_optimizer(method, stage.get("optimizer", {}), stage_type)
+            level_templates = [
+                sitk.BSplineTransformInitializer(fixed_p, [m * s for m in mesh], int(stage.get("order", 3)))
+                for s in scale_factors
+            ]
+
+            def make_preview(method=method, templates=level_templates, linear=linear):
+                pos = method.GetOptimizerPosition()
+                for tpl in templates:
+                    if tpl.GetNumberOfParameters() == len(pos):
+                        b = sitk.BSplineTransform(tpl)
+                        b.SetParameters(pos)
+                        return sitk.CompositeTransform([_copy_transform(linear), b])
+                return None
+
+        costs = stage_costs[si]
+        level_start = np.concatenate([[0.0], np.cumsum(costs)])[:-1] / sum(costs)
+        level_width = np.array(costs) / sum(costs)
+        state = {"cancelled": False}
+
+        def on_iteration(method=method, si=si, stage_type=stage_type, make_preview=make_preview, state=state,
+                         level_start=level_start, level_width=level_width, max_iter=max_iter, n_levels=len(shrink)):
+            level = method.GetCurrentLevel()
+            it = method.GetOptimizerIteration()
+            value = method.GetMetricValue()
+            result.metric_trace.append(MetricSample(si, stage_type, int(level), int(it), float(value)))
+            within = level_start[level] + level_width[level] * min(1.0, (it + 1) / max(max_iter, 1))
+            tracker.update(
+                f"stage{si}", within, stage=stage_type, stage_index=si, n_stages=len(stages), level=int(level),
+                n_levels=n_levels, iteration=int(it), metric=float(value),
+                message=f"{stage_type} level {level + 1}/{n_levels}", _transform_factory=make_preview,
+            )
+            if cancelled():
+                state["cancelled"] = True
+                method.StopRegistration()
+
+        method.AddCommand(sitk.sitkIterationEvent, on_iteration)
+        try:
+            method.Execute(fixed_p, moving_p)
+        except RuntimeError as exc:
+            if state["cancelled"] or cancelled():
+                raise RegistrationCancelled() from None
+            raise CrossModalRegError(f"{stage_type} stage could not run: {_short_itk_error(exc)}") from exc
+        if state["cancelled"] or cancelled():
+            raise RegistrationCancelled()
+        result.stop_conditions.append(f"{stage_type}: {method.GetOptimizerStopConditionDescription()}")
+        if stage_type in ("rigid", "affine"):
+            linear = stage_tx
+        timings[f"stage{si}_{stage_type}"] = time.perf_counter() - t
+        tracker.update(f"stage{si}", 1.0, stage=stage_type, stage_index=si, n_stages=len(stages),
+                       message=f"{stage_type} done")
+
+    final = linear if bspline_tx is None else sitk.CompositeTransform([_copy_transform(linear), bspline_tx])
+    result.transform_fixed_to_moving_lps = final
+
+    # ---------------------------------------------------------------- post-run sanity checks
+    t = time.perf_counter()
+    result.final_metric = sanity.evaluate_metric(fixed_p, moving_p, final, stages[0]["metric"],
+                                                 fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
+    result.sanity = sanity.check_result(fixed_p, moving_p, final, initial_metric=result.initial_metric,
+                                        final_metric=result.final_metric, fixed_mask=fixed_mask)
+    timings["sanity"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    result.timings_s = {k: round(v, 4) for k, v in timings.items()}
+    if strict and not result.sanity.passed:
+        raise RegistrationFailed(
+            "the result failed the post-run checks: " + "; ".join(result.sanity.failures()), result.sanity.failures(),
+            result,
+        )
+    tracker.finish("done")
+    return result
+
+
+def _copy_transform(tx: sitk.Transform) -> sitk.Transform:
+    """A deep copy keeping the concrete class (Euler3DTransform stays Euler3DTransform)."""
+    name = tx.GetName()
+    cls = getattr(sitk, name, None)
+    if cls is not None and name != "Transform":
+        try:
+            return cls(tx)
+        except (TypeError, RuntimeError):
+            pass
+    copy = sitk.Transform(tx)
+    copy.MakeUnique()
+    return copy
+
+
+def _short_itk_error(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    for line in reversed(text):
+        if "Description" in line or "description" in line:
+            return line.split(":", 1)[-1].strip()
+    return text[-1] if text else repr(exc)
+
+
+def angle_between_degrees(r1, r2) -> float:
+    """Angle in degrees of the rotation r1^T r2 (a helper for tests and benchmarks)."""
+    r = np.asarray(r1).T @ np.asarray(r2)
+    c = (np.trace(r) - (r.shape[0] - 2)) / 2.0 if r.shape[0] == 3 else r[0, 0]
+    return math.degrees(math.acos(max(-1.0, min(1.0, c))))

@@ -1,0 +1,253 @@
+"""Initial transforms (fixed -> moving, LPS): image centres, moments, paired landmarks, and a coarse rotation search."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import CrossModalRegError, RegistrationCancelled
+from .preprocessing import foreground_mask
+
+
+def _rigid(dim):
+    return sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
+
+
+def check_landmark_pairs(fixed_landmarks, moving_landmarks, dim: int):
+    """Validate paired landmarks for a rigid fit; return (fixed, moving) float arrays of shape (N, dim)."""
+    if fixed_landmarks is None or moving_landmarks is None:
+        which = "moving" if fixed_landmarks is not None else "fixed"
+        raise CrossModalRegError(f"landmark initialisation needs both fixed and moving landmarks; {which} ones are missing")
+    f = np.atleast_2d(np.asarray(fixed_landmarks, dtype=float))
+    m = np.atleast_2d(np.asarray(moving_landmarks, dtype=float))
+    if f.shape[1] == 3 and dim == 2:
+        f, m = f[:, :2], m[:, :2]
+    if f.shape[1] != dim or m.shape[1] != dim:
+        raise CrossModalRegError(f"landmarks must have {dim} coordinates for {dim}D images, got {f.shape[1]} and {m.shape[1]}")
+    if len(f) != len(m):
+        raise CrossModalRegError(
+            f"{len(f)} fixed landmarks but {len(m)} moving landmarks: every landmark needs a partner (pair them by label)"
+        )
+    if len(f) < 3:
+        raise CrossModalRegError(f"landmark initialisation needs at least 3 landmark pairs, got {len(f)}: place more")
+    if not (np.all(np.isfinite(f)) and np.all(np.isfinite(m))):
+        raise CrossModalRegError("a landmark has a NaN or infinite coordinate: place it or remove it")
+    for name, pts in (("fixed", f), ("moving", m)):
+        s = np.linalg.svd(pts - pts.mean(axis=0), compute_uv=False)
+        if dim == 3 and (s[1] < 1e-3 * max(s[0], 1e-12)):
+            raise CrossModalRegError(f"the {name} landmarks are (nearly) collinear: a rigid fit is undetermined; "
+                                     "place landmarks that span the anatomy")
+        if s[0] < 1e-9:
+            raise CrossModalRegError(f"the {name} landmarks all coincide")
+    return f, m
+
+
+def landmark_rigid_transform(fixed_landmarks, moving_landmarks, dim: int) -> sitk.Transform:
+    """Least-squares rigid transform mapping fixed landmarks onto moving ones (fixed -> moving, LPS).
+
+    Uses ITK's LandmarkBasedTransformInitializer (a closed-form, Horn-type fit).
+    """
+    base = sitk.VersorRigid3DTransform() if dim == 3 else sitk.Euler2DTransform()
+    tx = sitk.LandmarkBasedTransformInitializer(
+        base, [float(v) for v in np.ravel(fixed_landmarks)], [float(v) for v in np.ravel(moving_landmarks)]
+    )
+    if dim == 3:
+        eu = sitk.Euler3DTransform()
+        eu.SetCenter(tx.GetCenter())
+        eu.SetMatrix(tx.GetMatrix())
+        eu.SetTranslation(tx.GetTranslation())
+        return eu
+    return sitk.Euler2DTransform(tx)
+
+
+def initial_transform(fixed, moving, method: str, *, fixed_landmarks=None, moving_landmarks=None):
+    """A rigid starting transform (fixed -> moving, LPS) and a dict describing how it was made."""
+    dim = fixed.GetDimension()
+    if method == "landmarks":
+        tx = landmark_rigid_transform(fixed_landmarks, moving_landmarks, dim)
+        resid = np.linalg.norm(
+            np.array([tx.TransformPoint(tuple(p)) for p in fixed_landmarks]) - moving_landmarks, axis=1
+        )
+        return tx, {"method": "landmarks", "pairs": int(len(fixed_landmarks)),
+                    "landmark_rms_residual_mm": float(np.sqrt(np.mean(resid ** 2)))}
+    if method in ("moments", "geometry"):
+        mode = (sitk.CenteredTransformInitializerFilter.MOMENTS if method == "moments"
+                else sitk.CenteredTransformInitializerFilter.GEOMETRY)
+        try:
+            tx = sitk.CenteredTransformInitializer(_positive(fixed), _positive(moving), _rigid(dim), mode)
+        except RuntimeError as exc:
+            raise CrossModalRegError(f"{method} initialisation failed ({exc}); try 'geometry' or landmarks") from exc
+        tx = sitk.Euler3DTransform(tx) if dim == 3 else sitk.Euler2DTransform(tx)
+        return tx, {"method": method, "translation_mm": list(tx.GetTranslation()), "center_mm": list(tx.GetCenter())}
+    if method == "none":
+        tx = _rigid(dim)
+        tx.SetCenter(_image_center(fixed))
+        return tx, {"method": "none"}
+    raise CrossModalRegError(f"unknown initialisation '{method}'")
+
+
+def _positive(image):
+    """Shift intensities so the minimum is 0 (centre of mass needs non-negative weights, e.g. CT in HU)."""
+    arr_min = float(sitk.GetArrayViewFromImage(image).min())
+    return image - arr_min if arr_min < 0 else image
+
+
+def _image_center(image):
+    size = np.array(image.GetSize(), dtype=float)
+    return image.TransformContinuousIndexToPhysicalPoint(tuple((size - 1) / 2.0))
+
+
+def overlap_fraction(fixed, moving, transform, *, fixed_mask=None, max_points: int = 20000, seed: int = 0) -> float:
+    """Fraction of the fixed foreground (mask, or Otsu foreground) that maps inside the moving image's grid."""
+    from .geometry import image_ijk_to_lps_matrix, linear_transform_matrix_lps
+
+    mask = fixed_mask if fixed_mask is not None else foreground_mask(fixed)
+    idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
+    if len(idx) == 0:
+        return 0.0
+    rng = np.random.RandomState(seed)
+    if len(idx) > max_points:
+        idx = idx[rng.choice(len(idx), max_points, replace=False)]
+    dim = mask.GetDimension()
+    ijk = np.column_stack([idx[:, ::-1].astype(float), np.ones(len(idx))]) if dim == 3 else np.column_stack(
+        [idx[:, ::-1].astype(float), np.zeros(len(idx)), np.ones(len(idx))])
+    pts = (ijk @ image_ijk_to_lps_matrix(mask).T)[:, :dim]
+    if transform.IsLinear():
+        m = linear_transform_matrix_lps(transform, dim)
+        moved = pts @ m[:dim, :dim].T + m[:dim, 3]
+    else:
+        moved = np.array([transform.TransformPoint(tuple(p)) for p in pts])
+    to_index = np.linalg.inv(image_ijk_to_lps_matrix(moving))
+    q = (np.column_stack([moved, np.zeros((len(moved), 3 - dim)), np.ones(len(moved))]) @ to_index.T)[:, :dim]
+    size = np.array(moving.GetSize())
+    inside = np.all((q >= -0.5) & (q <= size - 0.5), axis=1)
+    return float(np.mean(inside))
+
+
+def check_overlap(fixed, moving, transform, *, fixed_mask=None, when="", minimum=0.02):
+    frac = overlap_fraction(fixed, moving, transform, fixed_mask=fixed_mask, max_points=4000)
+    if frac < minimum:
+        raise CrossModalRegError(
+            f"the fixed and moving images do not overlap {when} ({100 * frac:.1f}% of the fixed foreground maps "
+            "inside the moving image): check that both images are in the same physical space (origin, direction), "
+            "or initialise with landmarks or a transform"
+        )
+    return frac
+
+
+def coarse_copy(image, spacing_mm: float) -> sitk.Image:
+    """Block-average (BinShrink) to about ``spacing_mm`` voxels: smoothing and down-sampling in one cheap pass."""
+    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
+    factors = [min(f, max(1, n // 8)) for f, n in zip(factors, image.GetSize())]
+    return sitk.BinShrink(image, factors) if max(factors) > 1 else image
+
+
+_coarse = coarse_copy
+
+
+def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=None, moving_mask=None,
+                    cancelled=lambda: False, report=lambda f: None):
+    """Coarse search over rotations about the start's centre, for large initial misalignment.
+
+    Evaluates the metric on a coarse copy of both images for a grid of rotations (every ``step_deg`` up to
+    ``max_angle_deg`` about each axis), then refines the ``top_k`` best with a short rigid optimisation at that
+    resolution and keeps the best. Returns (transform fixed -> moving LPS, info dict).
+    """
+    from .engine import _set_metric  # local import: engine imports this module
+
+    dim = fixed.GetDimension()
+    coarse_mm = float(config.get("coarse_spacing_mm", 6.0 if dim == 3 else 3.0))
+    sample_fraction = float(config.get("sample_fraction", 0.3))
+    max_angle = float(config.get("max_angle_deg", 30.0))
+    step = float(config.get("step_deg", 15.0))
+    top_k = int(config.get("top_k", 3))
+    refine_iterations = int(config.get("refine_iterations", 60))
+    f_c = _coarse(fixed, coarse_mm)
+    m_c = _coarse(moving, coarse_mm)
+    fm = sitk.Resample(fixed_mask, f_c, sitk.Transform(), sitk.sitkNearestNeighbor) if fixed_mask is not None else None
+    mm = sitk.Resample(moving_mask, m_c, sitk.Transform(), sitk.sitkNearestNeighbor) if moving_mask is not None else None
+
+    angles = np.deg2rad(np.arange(-max_angle, max_angle + 1e-9, step))
+    if dim == 3:
+        grid = list(itertools.product(angles, angles, angles))
+    else:
+        grid = [(a,) for a in angles]
+    start_r = np.array(start.GetMatrix()).reshape(dim, dim)
+    center = np.array(start.GetCenter())
+    start_t = np.array(start.GetTranslation())
+
+    def candidate(angles_xyz):
+        tx = _rigid(dim)
+        tx.SetCenter(tuple(center))
+        if dim == 3:
+            rot = sitk.Euler3DTransform((0, 0, 0), *angles_xyz)
+        else:
+            rot = sitk.Euler2DTransform((0, 0), angles_xyz[0])
+        r = start_r @ np.array(rot.GetMatrix()).reshape(dim, dim)
+        tx.SetMatrix(tuple(r.ravel()))
+        tx.SetTranslation(tuple(start_t))
+        return tx
+
+    def new_method():
+        method = sitk.ImageRegistrationMethod()
+        _set_metric(method, metric)
+        method.MetricUseFixedImageGradientFilterOff()
+        method.MetricUseMovingImageGradientFilterOff()
+        if sample_fraction < 1.0:
+            method.SetMetricSamplingStrategy(method.REGULAR)
+            method.SetMetricSamplingPercentage(sample_fraction, int(seed))
+        else:
+            method.SetMetricSamplingStrategy(method.NONE)
+        method.SetInterpolator(sitk.sitkLinear)
+        if fm is not None:
+            method.SetMetricFixedMask(fm)
+        if mm is not None:
+            method.SetMetricMovingMask(mm)
+        return method
+
+    scores = []
+    method = new_method()
+    for i, ang in enumerate(grid):
+        if cancelled():
+            raise RegistrationCancelled()
+        tx = candidate(ang)
+        method.SetInitialTransform(tx, inPlace=False)
+        try:
+            value = method.MetricEvaluate(f_c, m_c)
+        except RuntimeError:  # too few samples overlap for this rotation
+            value = np.inf
+        scores.append((float(value), i))
+        if i % 8 == 0:
+            report(0.5 * (i + 1) / len(grid))
+    scores.sort()
+    best = None
+    for rank, (_, i) in enumerate(scores[:top_k]):
+        if cancelled():
+            raise RegistrationCancelled()
+        tx = candidate(grid[i])
+        method = new_method()
+        method.SetOptimizerAsRegularStepGradientDescent(learningRate=coarse_mm, minStep=0.05, numberOfIterations=refine_iterations,
+                                                        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetInitialTransform(tx, inPlace=True)
+
+        def stop_if_cancelled(method=method):
+            if cancelled():
+                method.StopRegistration()
+
+        method.AddCommand(sitk.sitkIterationEvent, stop_if_cancelled)
+        try:
+            method.Execute(f_c, m_c)
+            value = method.GetMetricValue()
+        except RuntimeError:
+            value = np.inf
+        if cancelled():
+            raise RegistrationCancelled()
+        if best is None or value < best[0]:
+            best = (float(value), tx, [float(np.rad2deg(a)) for a in grid[i]])
+        report(0.5 + 0.5 * (rank + 1) / top_k)
+    info = {"candidates": len(grid), "refined": min(top_k, len(grid)), "coarse_spacing_mm": coarse_mm,
+            "best_start_angles_deg": best[2], "best_coarse_metric": best[0]}
+    return best[1], info

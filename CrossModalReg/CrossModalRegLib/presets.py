@@ -1,0 +1,144 @@
+"""Registration presets: versioned JSON data files, one per modality pair, validated on load.
+
+A preset file (``presets/<name>.json``) has::
+
+    {
+      "schema_version": 1,                  # version of this file format
+      "name": "ct-mr-rigid", "version": "1.0.0",
+      "title": "...", "when_to_use": "...", "modalities": {"fixed": "MR", "moving": "CT"},
+      "dimension": 3,                       # 2, 3 or "any"
+      "preprocessing": {"fixed": {...}, "moving": {...}},
+      "initialization": {"method": "moments" | "geometry" | "landmarks" | "none",
+                         "rotation_search": {"enabled": true, "max_angle_deg": 45, "step_deg": 15, ...}},
+      "stages": [ {"type": "rigid" | "affine" | "bspline", "metric": {...}, "sampling": {...},
+                   "optimizer": {...}, "shrink_factors": [...], "smoothing_sigmas_mm": [...], ...}, ... ]
+    }
+
+Preprocessing keys (each optional): ``grey`` ("luminance" | "optical_density") for RGB input,
+``clip_range`` [lo, hi] in the image's units, ``clip_percentiles`` [lo, hi], ``n4_bias_correction``
+{"shrink": 4, "iterations": [...]}, ``smoothing_sigma_mm``.
+
+Metrics: ``mattes`` (Mattes mutual information, ``bins``), ``joint_histogram_mi`` (``bins``, ``variance``),
+``ants_neighborhood_correlation`` (``radius``), ``correlation`` (normalized correlation), ``mean_squares``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+from .errors import CrossModalRegError
+from .provenance import sha256_of_json
+
+PRESET_DIR = os.path.join(os.path.dirname(__file__), "presets")
+SCHEMA_VERSION = 1
+STAGE_TYPES = ("rigid", "affine", "bspline")
+METRICS = ("mattes", "joint_histogram_mi", "ants_neighborhood_correlation", "correlation", "mean_squares")
+INIT_METHODS = ("moments", "geometry", "landmarks", "none")
+GREY_MODES = ("luminance", "optical_density")
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped with the package, sorted."""
+    return sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith(".json"))
+
+
+def load_preset(name_or_path) -> dict:
+    """Load and validate a preset by name (shipped) or by path to a JSON file (user preset), or copy a dict."""
+    if isinstance(name_or_path, dict):
+        preset = copy.deepcopy(name_or_path)
+        source = "<dict>"
+    else:
+        path = str(name_or_path)
+        if not path.endswith(".json") and os.sep not in path:
+            path = os.path.join(PRESET_DIR, path + ".json")
+            if not os.path.isfile(path):
+                raise CrossModalRegError(
+                    f"unknown preset '{name_or_path}': choose one of {', '.join(available_presets())} or give a JSON file"
+                )
+        if not os.path.isfile(path):
+            raise CrossModalRegError(f"preset file '{path}' does not exist")
+        try:
+            with open(path) as f:
+                preset = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise CrossModalRegError(f"preset file '{path}' is not valid JSON: {exc}") from exc
+        source = path
+    validate_preset(preset, source)
+    return preset
+
+
+def preset_sha256(preset: dict) -> str:
+    return sha256_of_json(preset)
+
+
+def apply_overrides(preset: dict, overrides: dict | None) -> dict:
+    """Return a copy of ``preset`` with dotted-key overrides applied, e.g. ``{"stages.0.optimizer.iterations": 50}``."""
+    out = copy.deepcopy(preset)
+    for key, value in (overrides or {}).items():
+        parts = key.split(".")
+        target = out
+        for p in parts[:-1]:
+            target = target[int(p)] if isinstance(target, list) else target.setdefault(p, {})
+        last = parts[-1]
+        if isinstance(target, list):
+            target[int(last)] = value
+        else:
+            target[last] = value
+    validate_preset(out, "<overridden preset>")
+    return out
+
+
+def validate_preset(preset: dict, source: str = "<preset>") -> None:
+    def fail(msg):
+        raise CrossModalRegError(f"preset {source}: {msg}")
+
+    if not isinstance(preset, dict):
+        fail("must be a JSON object")
+    if preset.get("schema_version") != SCHEMA_VERSION:
+        fail(f"schema_version must be {SCHEMA_VERSION}, got {preset.get('schema_version')!r}")
+    for key in ("name", "version", "title", "when_to_use", "stages"):
+        if key not in preset:
+            fail(f"missing key '{key}'")
+    if preset.get("dimension", "any") not in (2, 3, "any"):
+        fail("dimension must be 2, 3 or \"any\"")
+    init = preset.get("initialization", {})
+    if init.get("method", "moments") not in INIT_METHODS:
+        fail(f"initialization.method must be one of {INIT_METHODS}")
+    for role in ("fixed", "moving"):
+        pre = preset.get("preprocessing", {}).get(role, {})
+        if "grey" in pre and pre["grey"] not in GREY_MODES:
+            fail(f"preprocessing.{role}.grey must be one of {GREY_MODES}")
+        for k in ("clip_range", "clip_percentiles"):
+            if k in pre and (len(pre[k]) != 2 or pre[k][0] >= pre[k][1]):
+                fail(f"preprocessing.{role}.{k} must be [low, high] with low < high")
+    stages = preset["stages"]
+    if not stages:
+        fail("needs at least one stage")
+    seen_deformable = False
+    for i, st in enumerate(stages):
+        t = st.get("type")
+        if t not in STAGE_TYPES:
+            fail(f"stages[{i}].type must be one of {STAGE_TYPES}")
+        if seen_deformable:
+            fail(f"stages[{i}] ({t}) comes after a bspline stage; put linear stages first")
+        seen_deformable = t == "bspline"
+        metric = st.get("metric", {}).get("name")
+        if metric not in METRICS:
+            fail(f"stages[{i}].metric.name must be one of {METRICS}")
+        shrink = st.get("shrink_factors", [1])
+        sigmas = st.get("smoothing_sigmas_mm", [0] * len(shrink))
+        if len(shrink) != len(sigmas):
+            fail(f"stages[{i}]: shrink_factors and smoothing_sigmas_mm must have the same length")
+        if any(int(s) < 1 for s in shrink):
+            fail(f"stages[{i}]: shrink factors must be >= 1")
+        if t == "bspline" and float(st.get("control_point_spacing_mm", 0)) <= 0:
+            fail(f"stages[{i}]: a bspline stage needs control_point_spacing_mm > 0")
+        sampling = st.get("sampling", {})
+        pct = sampling.get("percentage", 1.0)
+        if not 0 < float(pct) <= 1:
+            fail(f"stages[{i}].sampling.percentage must be in (0, 1]")
+        for key in ("percentage_per_level", "samples_per_level"):
+            if key in sampling and len(sampling[key]) != len(shrink):
+                fail(f"stages[{i}].sampling.{key} needs one value per level ({len(shrink)})")
