@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
-
 from CrossModalRegLib import geometry, mrml
 
 

@@ -1,0 +1,96 @@
+"""``crossmodalreg register``: register two image files and write a complete output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..errors import CrossModalRegError
+
+
+def add_parser(sub):
+    from ..presets import available_presets
+
+    p = sub.add_parser(
+        "register",
+        help="register a moving image to a fixed image",
+        description="Register MOVING to FIXED (2D or 3D, any modalities) and write transform.h5 (maps fixed-space "
+        "points to moving-space points, LPS, ITK convention), the resampled moving image, overlay PNGs, "
+        "registration.json (provenance, metric trace, timings) and a Slicer scene.",
+    )
+    p.add_argument("--fixed", required=True, help="fixed image file (any format SimpleITK reads)")
+    p.add_argument("--moving", required=True, help="moving image file")
+    p.add_argument("--preset", default="multimodal-rigid",
+                   help=f"preset name ({', '.join(available_presets())}) or a preset JSON file")
+    p.add_argument("--fixed-mask", help="label map: metric computed only where non-zero (fixed space)")
+    p.add_argument("--moving-mask", help="label map in moving space")
+    p.add_argument("--fixed-landmarks", help="landmarks on the fixed image (.mrk.json, .fcsv, frame-stated .csv, ANHIR .csv)")
+    p.add_argument("--moving-landmarks", help="the same landmarks on the moving image (paired by label)")
+    p.add_argument("--landmarks-for", choices=["initialization", "evaluation"], default="initialization",
+                   help="use landmarks to initialise (default) or only to report distances before/after")
+    p.add_argument("--initial-transform", help="ITK transform file (fixed -> moving, LPS) to start from")
+    p.add_argument("--seed", type=int, default=None, help="random seed of the metric sampling (default: fixed)")
+    p.add_argument("--no-rotation-search", action="store_true", help="skip the coarse search over rotations")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help='override a preset value, e.g. --set stages.0.optimizer.iterations=50 (VALUE is JSON)')
+    p.add_argument("--output-dir", required=True, help="folder to write (must be empty or absent)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.add_argument("--keep-failed", action="store_true",
+                   help="write the outputs even when the post-run sanity checks fail (marked failed in registration.json)")
+    p.set_defaults(func=run)
+    return p
+
+
+def parse_overrides(items):
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise CrossModalRegError(f"--set needs KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def run(args) -> int:
+    import SimpleITK as sitk
+
+    from .. import engine
+    from ..pipeline import (TerminalProgress, pair_by_label, read_image, read_landmarks_for,
+                            run_registration_job)
+
+    fixed = read_image(args.fixed, "fixed")
+    moving = read_image(args.moving, "moving")
+    fixed_mask = read_image(args.fixed_mask, "fixed mask") if args.fixed_mask else None
+    moving_mask = read_image(args.moving_mask, "moving mask") if args.moving_mask else None
+    fl = ml = labels = None
+    if bool(args.fixed_landmarks) != bool(args.moving_landmarks):
+        raise CrossModalRegError("give both --fixed-landmarks and --moving-landmarks, or neither")
+    if args.fixed_landmarks:
+        f_labels, f_pts = read_landmarks_for(fixed, args.fixed_landmarks, "fixed")
+        m_labels, m_pts = read_landmarks_for(moving, args.moving_landmarks, "moving")
+        anhir = fixed.GetDimension() == 2 and len(f_labels) != len(m_labels)
+        fl, ml, labels = pair_by_label(f_labels, f_pts, m_labels, m_pts, truncate=anhir)
+    initial = None
+    if args.initial_transform:
+        if not os.path.isfile(args.initial_transform):
+            raise CrossModalRegError(f"initial transform '{args.initial_transform}' does not exist")
+        initial = sitk.ReadTransform(args.initial_transform)
+    result, out = run_registration_job(
+        fixed, moving, args.output_dir, preset=args.preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
+        fixed_landmarks=fl, moving_landmarks=ml, landmark_labels=labels, initial_transform=initial,
+        seed=engine.DEFAULT_SEED if args.seed is None else args.seed, overrides=parse_overrides(args.set),
+        rotation_search=False if args.no_rotation_search else None,
+        progress=TerminalProgress(enabled=not args.no_progress), overwrite=args.overwrite,
+        input_files={"fixed": args.fixed, "moving": args.moving, "fixed_mask": args.fixed_mask,
+                     "moving_mask": args.moving_mask, "fixed_landmarks": args.fixed_landmarks,
+                     "moving_landmarks": args.moving_landmarks, "initial_transform": args.initial_transform},
+        use_landmarks_for_initialization=args.landmarks_for == "initialization", strict=not args.keep_failed,
+    )
+    status = "passed" if result.sanity.passed else "FAILED (" + "; ".join(result.sanity.failures()) + ")"
+    print(f"registered in {result.timings_s['total']:.1f} s; sanity checks {status}")
+    print(f"metric {result.initial_metric:.5g} -> {result.final_metric:.5g}; outputs in {out}")
+    return 0 if result.sanity.passed else 3

@@ -1,0 +1,220 @@
+"""The headless registration job: inputs in, a complete output folder out (written atomically).
+
+Used by ``crossmodalreg register``, ``crossmodalreg demo`` and the cohort batch. The folder holds:
+
+* ``transform.h5``: ITK transform mapping FIXED-space points to MOVING-space points (LPS), readable by SimpleITK
+  (``sitk.ReadTransform``) and by Slicer (it loads as the transform the moving volume goes under);
+* ``moving_resampled.nii.gz``: the moving image on the fixed grid;
+* ``overlay_before.png`` / ``overlay_after.png`` / ``checkerboard_after.png``: Slicer slice compositing of fixed
+  (background) and moving (foreground), before and after;
+* ``registration.json``: provenance (versions, preset and hash, parameters, seed, input checksums, timings),
+  the sanity checks and the metric trace; ``metric_trace.tsv`` (+ schema);
+* ``scene/registration.mrml`` with its node files: opens in Slicer with the moving volume under the transform.
+
+Everything is written into a temporary sibling folder first and renamed into place at the end, so a failure or a
+cancel leaves no half-written output (and an existing output folder is never overwritten unless asked).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import engine
+from .errors import CrossModalRegError
+from .provenance import sha256_of_file, write_json_atomic
+from .tables import write_tsv
+
+
+def read_image(path: str, role: str) -> sitk.Image:
+    if not path or not os.path.isfile(path):
+        raise CrossModalRegError(f"{role} image '{path}' does not exist")
+    try:
+        return sitk.ReadImage(path)
+    except RuntimeError as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        raise CrossModalRegError(f"cannot read {role} image '{path}': {msg}") from None
+
+
+def read_landmarks_for(image: sitk.Image, path: str, role: str):
+    """(labels, points LPS mm with the image's dimension) from a landmark file; ANHIR pixel files via the image grid."""
+    from .landmarks.fileio import read_landmark_file
+
+    lm = read_landmark_file(path)
+    pts = np.asarray(lm.points, dtype=float)
+    dim = image.GetDimension()
+    if lm.frame == "pixel":
+        if dim != 2:
+            raise CrossModalRegError(f"{role} landmarks '{path}' are 2D pixels but the {role} image is {dim}D")
+        pts = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(map(float, p))) for p in pts])
+    elif dim == 2:
+        pts = pts[:, :2]
+    return list(lm.labels), pts
+
+
+def pair_by_label(fixed_labels, fixed_pts, moving_labels, moving_pts, *, truncate: bool = False):
+    """Pair landmarks by label. ``truncate`` pairs ANHIR-style files by row index up to the shorter length."""
+    if truncate:
+        n = min(len(fixed_pts), len(moving_pts))
+        return fixed_pts[:n], moving_pts[:n], [str(v) for v in fixed_labels[:n]]
+    for name, labels in (("fixed", fixed_labels), ("moving", moving_labels)):
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise CrossModalRegError(f"{name} landmarks have duplicate labels {dup}")
+    only_f = [x for x in fixed_labels if x not in moving_labels]
+    only_m = [x for x in moving_labels if x not in fixed_labels]
+    if only_f or only_m:
+        raise CrossModalRegError(f"landmarks must pair by label: only in fixed {only_f}, only in moving {only_m}")
+    mi = [moving_labels.index(x) for x in fixed_labels]
+    return fixed_pts, moving_pts[mi], list(fixed_labels)
+
+
+class TerminalProgress:
+    """A one-line progress bar on a terminal (stderr); plain periodic lines when not a terminal."""
+
+    def __init__(self, stream=None, enabled: bool = True):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.last = -1.0
+        self.t0 = time.perf_counter()
+
+    def __call__(self, p):
+        if not self.enabled:
+            return
+        pct = 100.0 * p.fraction
+        if self.tty:
+            bar = "#" * int(pct / 4)
+            metric = f" metric {p.metric:.5g}" if p.metric is not None else ""
+            self.stream.write(f"\r[{bar:<25}] {pct:5.1f}% {p.message:<28}{metric:<22}")
+            if p.fraction >= 1.0:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif pct - self.last >= 10.0 or p.fraction >= 1.0:
+            self.last = pct
+            self.stream.write(f"{pct:5.1f}% {p.message} ({time.perf_counter() - self.t0:.1f} s)\n")
+            self.stream.flush()
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> str:
+    """Check the output folder can be written; return a fresh temporary sibling folder to write into."""
+    output_dir = os.path.abspath(output_dir)
+    parent = os.path.dirname(output_dir)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise CrossModalRegError(f"output '{output_dir}' exists and is not a folder")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise CrossModalRegError(f"output folder '{output_dir}' is not empty: choose another or pass --overwrite")
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(output_dir) + ".partial-", dir=parent)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the results are ordinary files
+    return tmp
+
+
+def commit_output_dir(tmp: str, output_dir: str) -> None:
+    """Move the finished temporary folder into place (the old one, if overwriting, is removed only after)."""
+    output_dir = os.path.abspath(output_dir)
+    old = None
+    if os.path.exists(output_dir):
+        old = output_dir + f".old-{os.getpid()}"
+        os.replace(output_dir, old)
+    os.replace(tmp, output_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str, *, preset="multimodal-rigid",
+                         fixed_mask=None, moving_mask=None, fixed_landmarks=None, moving_landmarks=None,
+                         landmark_labels=None, initial_transform=None, seed: int = engine.DEFAULT_SEED,
+                         overrides=None, rotation_search=None, progress=None, cancel=None, overwrite: bool = False,
+                         input_files: dict | None = None, extra_provenance: dict | None = None,
+                         use_landmarks_for_initialization: bool = True, strict: bool = True, pictures: bool = True):
+    """Register and write the complete output folder atomically; return (result, output_dir)."""
+    from .headless import HeadlessSlicer
+    from .mrml import (markups_node_from_points, set_transform_fixed_to_moving, set_volume_references,
+                       volume_node_from_image)
+    from .overlay import slice_views, stack_rows, write_png
+    from .scene_io import save_scene
+    from .scene_registration import METRIC_TRACE_COLUMNS, _embed_3d
+
+    tmp = prepare_output_dir(output_dir, overwrite)
+    try:
+        result = engine.register(
+            fixed, moving, preset=preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
+            fixed_landmarks=fixed_landmarks if use_landmarks_for_initialization else None,
+            moving_landmarks=moving_landmarks if use_landmarks_for_initialization else None,
+            initial_transform_fixed_to_moving=initial_transform, seed=seed, overrides=overrides,
+            rotation_search=rotation_search, progress=progress, cancel=cancel, strict=strict,
+        )
+        tx = result.transform_fixed_to_moving_lps
+        sitk.WriteTransform(tx, os.path.join(tmp, "transform.h5"))
+        resampled = result.resample_moving(fixed, moving)
+        sitk.WriteImage(resampled, os.path.join(tmp, "moving_resampled.nii.gz"), useCompression=True)
+        rows = [{"iteration_index": i, **r} for i, r in enumerate(result.metric_trace_rows())]
+        write_tsv(os.path.join(tmp, "metric_trace.tsv"), METRIC_TRACE_COLUMNS, rows)
+
+        provenance = result.provenance()
+        provenance["command_inputs"] = {}
+        for role, path in (input_files or {}).items():
+            if path:
+                provenance["command_inputs"][role] = {"path": os.path.abspath(path), "sha256": sha256_of_file(path)}
+        if fixed_landmarks is not None and moving_landmarks is not None:
+            fl = np.asarray(fixed_landmarks, float)
+            ml = np.asarray(moving_landmarks, float)
+            mapped = np.array([tx.TransformPoint(tuple(map(float, p))) for p in fl])
+            before = np.linalg.norm(fl - ml, axis=1)
+            after = np.linalg.norm(mapped - ml, axis=1)
+            provenance["landmarks"] = {
+                "labels": list(landmark_labels or range(len(fl))),
+                "used_for_initialization": bool(use_landmarks_for_initialization),
+                "distance_before_mm": before.tolist(), "distance_after_mm": after.tolist(),
+                "mean_before_mm": float(before.mean()), "mean_after_mm": float(after.mean()),
+            }
+        if extra_provenance:
+            provenance.update(extra_provenance)
+        provenance["metric_trace"] = rows
+        provenance["outputs"] = {
+            "transform.h5": "ITK transform, maps FIXED-space points to MOVING-space points, LPS mm",
+            "moving_resampled.nii.gz": "moving image resampled onto the fixed grid through transform.h5",
+            "scene/registration.mrml": "Slicer scene: moving volume under the transform node",
+        }
+
+        # The scene (real MRML): fixed, moving under the transform, landmarks; pictures from Slicer's compositing.
+        with HeadlessSlicer() as app:
+            scene = app.scene
+            fixed_node = volume_node_from_image(scene, fixed, "fixed")
+            moving_node = volume_node_from_image(scene, moving, "moving")
+            if pictures:
+                warm = "vtkMRMLPETProceduralColorNodePET-Heat"
+                before = slice_views(scene, fixed_node, moving_node, app_logic=app.app_logic,
+                                     moving_color_node_id=warm)
+            tnode = scene.AddNewNodeByClass("vtkMRMLTransformNode", "moving_to_fixed (CrossModalReg)")
+            set_transform_fixed_to_moving(tnode, _embed_3d(tx))
+            set_volume_references(tnode, fixed_node, moving_node)
+            moving_node.SetAndObserveTransformNodeID(tnode.GetID())
+            if pictures:
+                after = slice_views(scene, fixed_node, moving_node, app_logic=app.app_logic,
+                                    moving_color_node_id=warm)
+                checker = slice_views(scene, fixed_node, moving_node, app_logic=app.app_logic, checkerboard=8)
+                write_png(before, os.path.join(tmp, "overlay_before.png"))
+                write_png(after, os.path.join(tmp, "overlay_after.png"))
+                write_png(checker, os.path.join(tmp, "checkerboard_after.png"))
+                write_png(stack_rows([before, after]), os.path.join(tmp, "overlay_before_after.png"))
+            if fixed_landmarks is not None:
+                markups_node_from_points(scene, fixed_landmarks, landmark_labels or range(len(fixed_landmarks)),
+                                         "fixed_landmarks")
+                mnode = markups_node_from_points(scene, moving_landmarks,
+                                                 landmark_labels or range(len(moving_landmarks)), "moving_landmarks")
+                mnode.SetAndObserveTransformNodeID(tnode.GetID())
+            save_scene(scene, os.path.join(tmp, "scene", "registration.mrml"))
+        write_json_atomic(os.path.join(tmp, "registration.json"), provenance)
+        commit_output_dir(tmp, output_dir)
+        return result, os.path.abspath(output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

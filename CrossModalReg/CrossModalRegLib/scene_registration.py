@@ -1,0 +1,296 @@
+"""Registration of two volume nodes in a scene, with a live preview, and nothing left behind on cancel or error.
+
+This is what the CrossModalReg module's Logic calls (and what the command line calls on a headless scene):
+
+* the moving volume is placed under the output transform node at the start, and the node is updated while the
+  optimiser runs (linear and B-spline), so slice views show the moving image sliding into place;
+* the output transform node's *transform from parent* maps FIXED RAS points to MOVING RAS points (the moving
+  volume, under it, displays aligned with the fixed); it references its fixed and moving volumes;
+* provenance (versions, preset and hash, parameters, seed, timings, inputs' checksums) is kept in the scene as a
+  text node referenced from the transform node; the metric per iteration as a table (and a plot);
+* on cancel or error every node the run created is removed, the moving volume gets its previous parent
+  transform back and a user-supplied output node its previous transform.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import vtk
+
+from . import engine, mrml
+from .errors import CrossModalRegError
+from .tables import Column, table_node_from_rows
+
+PROVENANCE_REFERENCE = "CrossModalReg.provenance"
+TRACE_REFERENCE = "CrossModalReg.metricTrace"
+METRIC_TRACE_COLUMNS = [
+    Column("iteration_index", "Index", "", "Running index over all stages and levels", "int"),
+    Column("stage", "Stage", "", "Transform stage being optimised (rigid, affine, bspline)", "string"),
+    Column("level", "Level", "", "Resolution level, 0 = coarsest", "int"),
+    Column("iteration", "Iteration", "", "Optimiser iteration within the level", "int"),
+    Column("metric", "Metric", "", "Metric value (lower is better; negative mutual information for MI metrics)"),
+]
+
+
+@dataclass
+class SceneRegistrationOutputs:
+    transform_node: object
+    result: engine.RegistrationResult
+    resampled_node: object | None = None
+    provenance_node: object | None = None
+    trace_table_node: object | None = None
+    trace_chart_node: object | None = None
+    preview_updates: int = 0
+    created_nodes: list = field(default_factory=list)
+
+
+def _paired_landmarks(fixed_node, moving_node):
+    """(fixed LPS, moving LPS, labels) of landmarks paired by label; clear errors for mismatches."""
+    if fixed_node is None and moving_node is None:
+        return None, None, []
+    if fixed_node is None or moving_node is None:
+        raise CrossModalRegError("landmark initialisation needs both a fixed and a moving landmark list")
+    fl, fp = mrml.points_from_markups_node(fixed_node)
+    ml, mp = mrml.points_from_markups_node(moving_node)
+    for name, labels in ((fixed_node.GetName(), fl), (moving_node.GetName(), ml)):
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise CrossModalRegError(f"landmark list '{name}' has duplicate labels {dup}: rename them so each is unique")
+    common = [lab for lab in fl if lab in ml]
+    only_f = [lab for lab in fl if lab not in ml]
+    only_m = [lab for lab in ml if lab not in fl]
+    if only_f or only_m:
+        raise CrossModalRegError(
+            f"landmarks must pair by label: only in fixed {only_f}, only in moving {only_m}; place or rename them"
+        )
+    fi = [fl.index(lab) for lab in common]
+    mi = [ml.index(lab) for lab in common]
+    return fp[fi], mp[mi], common
+
+
+def set_overlay_layers(scene, fixed_node, moving_node, *, opacity: float = 0.5):
+    """Fixed in the background and moving in the foreground of every slice view of the scene."""
+    nodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for i in range(nodes.GetNumberOfItems()):
+        comp = nodes.GetItemAsObject(i)
+        comp.SetBackgroundVolumeID(fixed_node.GetID() if fixed_node else None)
+        comp.SetForegroundVolumeID(moving_node.GetID() if moving_node else None)
+        comp.SetForegroundOpacity(float(opacity))
+
+
+def default_transform_name(fixed_node, moving_node) -> str:
+    return f"{moving_node.GetName()}_to_{fixed_node.GetName()} (CrossModalReg)"
+
+
+def register_volume_nodes(
+    scene,
+    fixed_node,
+    moving_node,
+    *,
+    preset="multimodal-rigid",
+    output_transform_node=None,
+    output_transform_name: str | None = None,
+    fixed_mask_node=None,
+    moving_mask_node=None,
+    fixed_landmarks_node=None,
+    moving_landmarks_node=None,
+    initial_transform_node=None,
+    create_resampled_volume: bool = False,
+    create_convergence_outputs: bool = True,
+    live_preview: bool = True,
+    preview_interval_s: float = 0.1,
+    seed: int = engine.DEFAULT_SEED,
+    overrides: dict | None = None,
+    rotation_search: bool | None = None,
+    progress=None,
+    cancel=None,
+    strict: bool = True,
+) -> SceneRegistrationOutputs:
+    """Register ``moving_node`` to ``fixed_node`` in ``scene`` (see the module docstring for what is created).
+
+    ``progress`` receives :class:`~CrossModalRegLib.progress.Progress` reports (a GUI updates its progress bar and
+    processes events there, which is also when the views redraw the moving preview). Raises
+    ``CrossModalRegError`` (bad input: nothing created), ``RegistrationCancelled`` or ``RegistrationFailed``
+    (everything created removed, the scene as before).
+    """
+    # ------------------------------------------------------------ inputs (read only; nothing created yet)
+    for role, node in (("fixed", fixed_node), ("moving", moving_node)):
+        if node is None or not node.IsA("vtkMRMLVolumeNode"):
+            raise CrossModalRegError(f"select a {role} volume")
+    if fixed_node is moving_node:
+        raise CrossModalRegError("fixed and moving volumes are the same node: select two different volumes")
+    if output_transform_node is not None and not output_transform_node.IsA("vtkMRMLTransformNode"):
+        raise CrossModalRegError("the output must be a transform node")
+    fixed = mrml.image_from_volume_node(fixed_node)
+    moving = mrml.image_from_volume_node(moving_node)
+    fixed_mask = mrml.segmentation_or_labelmap_to_mask(fixed_mask_node, fixed_node) if fixed_mask_node else None
+    moving_mask = mrml.segmentation_or_labelmap_to_mask(moving_mask_node, moving_node) if moving_mask_node else None
+    f_lm, m_lm, _ = _paired_landmarks(fixed_landmarks_node, moving_landmarks_node)
+    if f_lm is not None and fixed.GetDimension() == 2:
+        f_lm, m_lm = f_lm[:, :2], m_lm[:, :2]
+    initial = None
+    if initial_transform_node is not None:
+        initial = mrml.transform_fixed_to_moving_from_node(initial_transform_node)
+        if fixed.GetDimension() == 2:
+            from .geometry import affine_transform_from_matrix_lps, linear_transform_matrix_lps
+
+            m3 = linear_transform_matrix_lps(initial, 3)
+            m2 = np.eye(4)
+            m2[:2, :2], m2[:2, 3] = m3[:2, :2], m3[:2, 3]
+            initial = affine_transform_from_matrix_lps(m2, 2)
+
+    # ------------------------------------------------------------ scene state to restore on failure
+    created = []
+    previous_parent_id = moving_node.GetParentTransformNode().GetID() if moving_node.GetParentTransformNode() else None
+    previous_output_transform = None
+    if output_transform_node is not None:
+        previous_output_transform = vtk.vtkGeneralTransform()
+        previous_output_transform.DeepCopy(output_transform_node.GetTransformFromParent())
+        previous_attr = output_transform_node.GetAttribute(mrml.DIRECTION_ATTRIBUTE)
+    outputs = None
+    try:
+        if output_transform_node is None:
+            output_transform_node = scene.AddNewNodeByClass(
+                "vtkMRMLTransformNode", output_transform_name or default_transform_name(fixed_node, moving_node)
+            )
+            created.append(output_transform_node)
+        preview_state = {"count": 0, "last": 0.0}
+        if live_preview:
+            moving_node.SetAndObserveTransformNodeID(output_transform_node.GetID())
+
+        def on_progress(p):
+            if live_preview and p._transform_factory is not None:
+                now = time.perf_counter()
+                if now - preview_state["last"] >= preview_interval_s:
+                    tx = p.transform_fixed_to_moving_lps()
+                    if tx is not None:
+                        if tx.GetDimension() == 2 and not tx.IsLinear():
+                            tx = None  # 2D B-spline preview goes through a 3D embedding below
+                        if tx is not None:
+                            mrml.set_transform_fixed_to_moving(output_transform_node, _embed_3d(tx))
+                            preview_state["count"] += 1
+                            preview_state["last"] = now
+            if progress is not None:
+                progress(p)
+
+        result = engine.register(
+            fixed, moving, preset=preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
+            fixed_landmarks=f_lm, moving_landmarks=m_lm, initial_transform_fixed_to_moving=initial,
+            overrides=overrides, rotation_search=rotation_search, seed=seed, progress=on_progress, cancel=cancel,
+            strict=strict,
+        )
+        mrml.set_transform_fixed_to_moving(output_transform_node, _embed_3d(result.transform_fixed_to_moving_lps))
+        mrml.set_volume_references(output_transform_node, fixed_node, moving_node)
+        moving_node.SetAndObserveTransformNodeID(output_transform_node.GetID())
+        outputs = SceneRegistrationOutputs(output_transform_node, result, preview_updates=preview_state["count"])
+
+        provenance = result.provenance()
+        provenance["scene_inputs"] = {
+            "fixed_volume": fixed_node.GetName(), "moving_volume": moving_node.GetName(),
+            "fixed_mask": fixed_mask_node.GetName() if fixed_mask_node else None,
+            "moving_mask": moving_mask_node.GetName() if moving_mask_node else None,
+            "fixed_landmarks": fixed_landmarks_node.GetName() if fixed_landmarks_node else None,
+            "moving_landmarks": moving_landmarks_node.GetName() if moving_landmarks_node else None,
+            "initial_transform": initial_transform_node.GetName() if initial_transform_node else None,
+        }
+        provenance["output_transform"] = {
+            "node": output_transform_node.GetName(),
+            "meaning": mrml.DIRECTION_FIXED_TO_MOVING,
+        }
+        text = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{output_transform_node.GetName()} provenance")
+        created.append(text)
+        text.SetText(json.dumps(provenance, indent=2, default=_json_default))
+        output_transform_node.SetNodeReferenceID(PROVENANCE_REFERENCE, text.GetID())
+        outputs.provenance_node = text
+
+        if create_convergence_outputs:
+            rows = [{"iteration_index": i, **r} for i, r in enumerate(result.metric_trace_rows())]
+            table = table_node_from_rows(scene, f"{output_transform_node.GetName()} metric trace",
+                                         METRIC_TRACE_COLUMNS, rows)
+            created.append(table)
+            output_transform_node.SetNodeReferenceID(TRACE_REFERENCE, table.GetID())
+            outputs.trace_table_node = table
+            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{output_transform_node.GetName()} metric")
+            created.append(series)
+            series.SetAndObserveTableNodeID(table.GetID())
+            series.SetXColumnName("iteration_index")
+            series.SetYColumnName("metric")
+            series.SetPlotType(series.PlotTypeLine)
+            chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{output_transform_node.GetName()} convergence")
+            created.append(chart)
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+            chart.SetTitle("Metric per iteration")
+            chart.SetXAxisTitle("iteration (all stages and levels)")
+            chart.SetYAxisTitle("metric (lower is better)")
+            outputs.trace_chart_node = chart
+
+        if create_resampled_volume:
+            resampled = result.resample_moving(fixed, moving)
+            node = mrml.volume_node_from_image(scene, resampled, f"{moving_node.GetName()} resampled")
+            created.append(node)
+            outputs.resampled_node = node
+        outputs.created_nodes = list(created)
+        return outputs
+    except BaseException:
+        # Put the scene back as it was: the moving volume's parent, the user's output node, no new nodes.
+        moving_node.SetAndObserveTransformNodeID(previous_parent_id)
+        if previous_output_transform is not None:
+            output_transform_node.SetAndObserveTransformFromParent(previous_output_transform)
+            output_transform_node.SetAttribute(mrml.DIRECTION_ATTRIBUTE, previous_attr)
+        mrml.remove_nodes(scene, reversed(created))
+        raise
+
+
+def _embed_3d(tx):
+    """A 2D transform as the 3D one Slicer needs (z unchanged); 3D transforms are returned as they are."""
+    import SimpleITK as sitk
+
+    from .geometry import affine_transform_from_matrix_lps, linear_transform_matrix_lps
+
+    if tx.GetDimension() == 3:
+        return tx
+    if tx.IsLinear():
+        return affine_transform_from_matrix_lps(linear_transform_matrix_lps(tx, 2), 3)
+    # A 2D deformable result: sample it as a 3D displacement field one slice thick (exact at z = 0).
+    return _embed_2d_deformable(tx, sitk)
+
+
+def _embed_2d_deformable(tx, sitk):
+    """Sample a 2D deformable transform on a 1 mm-ish grid over its B-spline domain as a one-slice 3D field."""
+    comps = ([tx.GetNthTransform(i) for i in range(tx.GetNumberOfTransforms())]
+             if tx.GetName() == "CompositeTransform" else [tx])
+    bs = [c for c in comps if c.GetName() == "BSplineTransform"]
+    if not bs:
+        raise CrossModalRegError(f"cannot show a 2D {tx.GetName()} in Slicer")
+    fp = np.array(sitk.BSplineTransform(bs[-1]).GetFixedParameters())  # size(2) origin(2) spacing(2) direction(4)
+    size, origin, spacing = fp[0:2], fp[2:4], fp[4:6]
+    n = [int(size[0]) * 4, int(size[1]) * 4]
+    sp = (float(spacing[0]) / 4, float(spacing[1]) / 4)
+    field2d = sitk.TransformToDisplacementField(tx, sitk.sitkVectorFloat64, n, tuple(map(float, origin)), sp,
+                                                tuple(map(float, fp[6:10])))
+    arr2 = sitk.GetArrayFromImage(field2d)
+    arr = np.zeros((1, arr2.shape[0], arr2.shape[1], 3))
+    arr[0, :, :, :2] = arr2
+    field = sitk.GetImageFromArray(arr, isVector=True)
+    d2 = np.array(field2d.GetDirection()).reshape(2, 2)
+    d3 = np.eye(3)
+    d3[:2, :2] = d2
+    field.SetSpacing((sp[0], sp[1], 1.0))
+    field.SetOrigin((float(origin[0]), float(origin[1]), 0.0))
+    field.SetDirection(tuple(d3.ravel()))
+    return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
