@@ -175,7 +175,7 @@ def run(args) -> int:
     fixed = _read_image(args.fixed, "fixed image")
     moving = _read_image(args.moving, "moving image")
     transform = _read_transform(args.transform)
-    files = {"fixed": args.fixed, "moving": args.moving, "transform_file": args.transform,
+    files = {"fixed": args.fixed, "moving": args.moving, "transform": args.transform,
              "fixed_landmarks": args.fixed_landmarks, "moving_landmarks": args.moving_landmarks,
              "fixed_labels": args.fixed_labels, "moving_labels": args.moving_labels,
              "jacobian_mask": args.jacobian_mask}
