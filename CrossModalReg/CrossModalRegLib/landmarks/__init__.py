@@ -1,0 +1,54 @@
+"""Landmark annotation with inter-annotator tracking, statistics and point-based registration.
+
+Pure parts (no ``slicer``): :mod:`.protocol`, :mod:`.session`, :mod:`.fileio`, :mod:`.stats`,
+:mod:`.registration`, :mod:`.tre`, :mod:`.report`. The MRML layer :mod:`.mrml_layer` takes the scene as an
+argument and needs only slicer-core.
+
+Frames and units: 3D positions are LPS millimetres (the file/ITK convention); 2D positions are image pixels
+(x right, y down, as in ANHIR). Every transform maps fixed-space points to moving-space points.
+"""
+
+from .fileio import (
+                     LandmarkSet,
+                     read_anhir_csv,
+                     read_fcsv,
+                     read_landmark_file,
+                     read_landmarks_csv,
+                     read_mrk_json,
+                     write_anhir_csv,
+                     write_fcsv,
+                     write_landmarks_csv,
+                     write_mrk_json,
+)
+from .protocol import (
+                     PROTOCOL_SCHEMA_VERSION,
+                     LandmarkDefinition,
+                     LandmarkProtocol,
+                     load_protocol,
+                     protocol_from_labels,
+                     save_protocol,
+)
+from .registration import (
+                     MODELS,
+                     PointRegistrationResult,
+                     ThinPlateSpline,
+                     fit_matrix_fixed_to_moving,
+                     pair_landmarks,
+                     register_points,
+)
+from .report import SessionStatistics, session_statistics
+from .session import AnnotationSession, LandmarkPoint
+from .stats import LandmarkStatistics, Repeatability, icc_2_1, landmark_statistics, repeatability
+from .tre import expected_tre, expected_tre_map
+
+__all__ = [
+    "LandmarkSet", "read_anhir_csv", "read_fcsv", "read_landmark_file", "read_landmarks_csv", "read_mrk_json",
+    "write_anhir_csv", "write_fcsv", "write_landmarks_csv", "write_mrk_json",
+    "PROTOCOL_SCHEMA_VERSION", "LandmarkDefinition", "LandmarkProtocol", "load_protocol", "protocol_from_labels",
+    "save_protocol",
+    "MODELS", "PointRegistrationResult", "ThinPlateSpline", "fit_matrix_fixed_to_moving", "pair_landmarks",
+    "register_points",
+    "SessionStatistics", "session_statistics", "AnnotationSession", "LandmarkPoint",
+    "LandmarkStatistics", "Repeatability", "icc_2_1", "landmark_statistics", "repeatability",
+    "expected_tre", "expected_tre_map",
+]

@@ -1,0 +1,330 @@
+"""The MRML side of landmark annotation: protocol-driven markups nodes, recording every change into a session,
+reloading a session into a scene, blinded display, ``.mrk.json`` through Slicer's storage node, consensus nodes,
+results tables, transform nodes and the expected-TRE map volume.
+
+Every function takes the scene (or nodes) as an argument and needs only slicer-core (no Qt). Markups nodes hold
+RAS positions in memory; sessions and files hold LPS millimetres (3D). For a 2D (pixel) protocol the node holds
+``(x, y, 0)`` pixels as if they were RAS millimetres of an identity-geometry image (conversion only flips the
+sign of x and y, consistently both ways).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import slicer
+import vtk
+
+from .. import mrml
+from ..errors import CrossModalRegError
+from ..tables import table_node_from_rows
+from .fileio import format_metadata, parse_metadata
+from .protocol import LandmarkProtocol
+from .session import AnnotationSession
+from .storage import utc_now_iso
+
+ANNOTATOR_ATTRIBUTE = "CrossModalReg.landmarks.annotator"
+IMAGE_ATTRIBUTE = "CrossModalReg.landmarks.image"
+REPEAT_ATTRIBUTE = "CrossModalReg.landmarks.repeat"
+SESSION_ATTRIBUTE = "CrossModalReg.landmarks.sessionFolder"
+PLACED_ATTRIBUTE_PREFIX = "CrossModalReg.landmarks.placed."
+MODIFIED_ATTRIBUTE_PREFIX = "CrossModalReg.landmarks.modified."
+F3 = np.array([-1.0, -1.0, 1.0])
+
+
+def _to_ras(position, dim):
+    p = np.zeros(3)
+    p[:dim] = np.asarray(position, dtype=float)[:dim]
+    return p * F3
+
+
+def _from_ras(p_ras, dim):
+    return (np.asarray(p_ras, dtype=float) * F3)[:dim]
+
+
+def annotation_node_name(annotator: str, image: str, repeat: int = 1) -> str:
+    return f"Landmarks {annotator} {image}" + (f" r{repeat}" if repeat != 1 else "")
+
+
+def create_annotation_node(scene, session: AnnotationSession, annotator: str, image: str, *, repeat: int = 1,
+                           node=None):
+    """A fiducial node with one control point per protocol landmark, in protocol order.
+
+    Points already saved in ``session`` are placed at their saved positions; the others are unplaced
+    (``PositionUndefined``), so Slicer's place mode fills them in order. The number of points is fixed: the user
+    cannot add points outside the protocol. Annotator, image and repeat are node attributes; the protocol's
+    description of each landmark is the control point's description.
+    """
+    if not annotator or not annotator.strip():
+        raise CrossModalRegError("the annotator name is empty; enter your name or initials before placing landmarks")
+    if image not in ("fixed", "moving"):
+        raise CrossModalRegError(f"image must be 'fixed' or 'moving', not '{image}'")
+    protocol: LandmarkProtocol = session.protocol
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", annotation_node_name(annotator, image, repeat))
+    was = node.StartModify()
+    try:
+        node.SetFixedNumberOfControlPoints(False)
+        node.RemoveAllControlPoints()
+        for lm in protocol.landmarks:
+            idx = node.AddControlPoint(vtk.vtkVector3d(0, 0, 0), lm.label)
+            node.SetNthControlPointDescription(idx, lm.description)
+            saved = session.get_point(annotator, image, lm.label, repeat=repeat)
+            if saved is None:
+                node.UnsetNthControlPointPosition(idx)
+            else:
+                node.SetNthControlPointPosition(idx, *_to_ras(saved.position, protocol.dimension))
+                node.SetAttribute(PLACED_ATTRIBUTE_PREFIX + lm.label, saved.placed)
+                node.SetAttribute(MODIFIED_ATTRIBUTE_PREFIX + lm.label, saved.modified)
+        node.SetFixedNumberOfControlPoints(True)
+        node.SetAttribute(ANNOTATOR_ATTRIBUTE, annotator)
+        node.SetAttribute(IMAGE_ATTRIBUTE, image)
+        node.SetAttribute(REPEAT_ATTRIBUTE, str(repeat))
+        node.SetAttribute(SESSION_ATTRIBUTE, session.folder)
+        prepare_next_placement(node)
+    finally:
+        node.EndModify(was)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+def next_unplaced_label(node) -> str | None:
+    """Label of the first control point not yet placed (None when all are placed)."""
+    for i in range(node.GetNumberOfControlPoints()):
+        if node.GetNthControlPointPositionStatus(i) != node.PositionDefined:
+            return node.GetNthControlPointLabel(i)
+    return None
+
+
+def prepare_next_placement(node) -> int:
+    """Point Slicer's place mode at the next unplaced control point; returns its index (-1 when complete)."""
+    for i in range(node.GetNumberOfControlPoints()):
+        if node.GetNthControlPointPositionStatus(i) != node.PositionDefined:
+            node.SetControlPointPlacementStartIndex(i)
+            return i
+    return -1
+
+
+class SessionRecorder:
+    """Saves every change of an annotation node into the session, as it happens.
+
+    Observes point added/modified/removed and position defined/undefined events of ``node`` and re-synchronises
+    the whole node with the session: a newly defined point is placed (``placed`` = now), a moved one updates
+    ``modified``, an unplaced one is removed. Each change is one atomic, durable file write; while a point is
+    dragged (between the start and end interaction events) saving waits for the release. A change the session
+    rejects (e.g. a point renamed to a label outside the protocol) is not saved and is kept in ``last_error``.
+    Call :meth:`detach` when done (the widget does so on scene close).
+    """
+
+    EVENTS = ("PointPositionDefinedEvent", "PointModifiedEvent", "PointPositionUndefinedEvent",
+              "PointRemovedEvent", "PointAddedEvent")
+
+    def __init__(self, session: AnnotationSession, node, *, annotator: str | None = None, image: str | None = None,
+                 repeat: int | None = None):
+        self.session = session
+        self.node = node
+        self.annotator = annotator or node.GetAttribute(ANNOTATOR_ATTRIBUTE)
+        self.image = image or node.GetAttribute(IMAGE_ATTRIBUTE)
+        self.repeat = int(repeat or node.GetAttribute(REPEAT_ATTRIBUTE) or 1)
+        if not self.annotator or self.image not in ("fixed", "moving"):
+            raise CrossModalRegError(f"node '{node.GetName()}' has no annotator/image; create it with "
+                                     "create_annotation_node")
+        self.last_error: Exception | None = None
+        self.interacting = False
+        self._observers = [node.AddObserver(getattr(node, e), self._on_event) for e in self.EVENTS]
+        self._observers.append(node.AddObserver(node.PointStartInteractionEvent, self._on_start_interaction))
+        self._observers.append(node.AddObserver(node.PointEndInteractionEvent, self._on_end_interaction))
+        self.sync()
+
+    def _on_start_interaction(self, caller, event):
+        # While the user drags a point, its position changes many times a second: save once, when released.
+        self.interacting = True
+
+    def _on_end_interaction(self, caller, event):
+        self.interacting = False
+        self._on_event(caller, event)
+
+    def _on_event(self, caller, event):
+        if self.interacting:
+            return
+        try:
+            self.sync()
+            self.last_error = None
+        except Exception as exc:  # noqa: BLE001 - an observer must never raise into VTK; keep it for the caller
+            self.last_error = exc
+
+    def sync(self) -> list[str]:
+        """Bring the session in line with the node; returns the labels that changed (saved).
+
+        Raises the first :class:`CrossModalRegError` of a point the session rejected, after saving all others.
+        """
+        node, dim = self.node, self.session.protocol.dimension
+        changed, seen, rejected = [], set(), []
+        for i in range(node.GetNumberOfControlPoints()):
+            label = node.GetNthControlPointLabel(i)
+            seen.add(label)
+            if node.GetNthControlPointPositionStatus(i) != node.PositionDefined:
+                if self.session.get_point(self.annotator, self.image, label, repeat=self.repeat) is not None:
+                    self.session.remove_point(self.annotator, self.image, label, repeat=self.repeat)
+                    changed.append(label)
+                continue
+            p = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPosition(i, p)
+            pos = _from_ras(p, dim)
+            old = self.session.get_point(self.annotator, self.image, label, repeat=self.repeat)
+            if old is not None and np.allclose(old.position, pos, rtol=0, atol=1e-9):
+                continue
+            try:
+                point = self.session.set_point(self.annotator, self.image, label, pos, repeat=self.repeat,
+                                               time=utc_now_iso())
+            except CrossModalRegError as exc:  # keep saving the other points; report this one
+                rejected.append(exc)
+                continue
+            node.SetAttribute(PLACED_ATTRIBUTE_PREFIX + label, point.placed)
+            node.SetAttribute(MODIFIED_ATTRIBUTE_PREFIX + label, point.modified)
+            changed.append(label)
+        for p in list(self.session.points(annotator=self.annotator, image=self.image, repeat=self.repeat)):
+            if p.label not in seen:
+                self.session.remove_point(self.annotator, self.image, p.label, repeat=self.repeat)
+                changed.append(p.label)
+        if changed:
+            prepare_next_placement(node)
+        if rejected:
+            raise rejected[0]
+        return changed
+
+    def detach(self) -> None:
+        for tag in self._observers:
+            self.node.RemoveObserver(tag)
+        self._observers = []
+
+
+def load_session_into_scene(scene, folder: str) -> tuple[AnnotationSession, dict]:
+    """Open a session folder and create one annotation node per (annotator, image, repeat) in ``scene``.
+
+    Returns the session and ``{(annotator, image, repeat): node}``. Nothing is written.
+    """
+    session = AnnotationSession.open(folder)
+    nodes = {}
+    keys = sorted({(p.annotator, p.image, p.repeat) for p in session.points()})
+    for annotator, image, repeat in keys:
+        nodes[(annotator, image, repeat)] = create_annotation_node(scene, session, annotator, image, repeat=repeat)
+    return session, nodes
+
+
+def set_blinded(nodes, current_annotator: str, blinded: bool) -> None:
+    """Blinded mode: show only ``current_annotator``'s annotation nodes (all of them when not blinded)."""
+    for node in nodes:
+        display = node.GetDisplayNode()
+        if display is None:
+            continue
+        mine = node.GetAttribute(ANNOTATOR_ATTRIBUTE) == current_annotator
+        display.SetVisibility(bool(mine or not blinded))
+
+
+# ---------------------------------------------------------------------------------------------- .mrk.json
+def export_markups_json(node, path: str, *, session: AnnotationSession | None = None) -> str:
+    """Write ``node`` to ``path`` with Slicer's ``vtkMRMLMarkupsJsonStorageNode`` (LPS), atomically.
+
+    When the node is an annotation node, each point's description carries its metadata
+    (``annotator=...;image=...;repeat=...;placed=...;modified=...``) so that it survives outside a scene.
+    """
+    annotator = node.GetAttribute(ANNOTATOR_ATTRIBUTE)
+    image = node.GetAttribute(IMAGE_ATTRIBUTE)
+    repeat = node.GetAttribute(REPEAT_ATTRIBUTE) or "1"
+    copy = slicer.vtkMRMLMarkupsFiducialNode()
+    copy.Copy(node)
+    if annotator:
+        for i in range(copy.GetNumberOfControlPoints()):
+            label = copy.GetNthControlPointLabel(i)
+            meta = {"annotator": annotator, "image": image, "repeat": repeat,
+                    "placed": node.GetAttribute(PLACED_ATTRIBUTE_PREFIX + label) or "",
+                    "modified": node.GetAttribute(MODIFIED_ATTRIBUTE_PREFIX + label) or ""}
+            if session is not None:
+                saved = session.get_point(annotator, image, label, repeat=int(repeat))
+                if saved is not None:
+                    meta["placed"], meta["modified"] = saved.placed, saved.modified
+            copy.SetNthControlPointDescription(i, format_metadata(meta))
+    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+    storage.SetCoordinateSystem(slicer.vtkMRMLStorageNode.CoordinateSystemLPS)
+    tmp = path + ".partial.mrk.json"
+    storage.SetFileName(tmp)
+    if not storage.WriteData(copy):
+        raise CrossModalRegError(f"Slicer could not write {path}; check the folder exists and is writable")
+    os.replace(tmp, path)
+    return path
+
+
+def import_markups_json(scene, path: str, *, name: str | None = None):
+    """Read a ``.mrk.json`` with Slicer's storage node into a new fiducial node (metadata back to attributes)."""
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name or "")
+    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+    storage.SetFileName(path)
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        raise CrossModalRegError(f"Slicer could not read {path} as markups; is it a .mrk.json file?")
+    for i in range(node.GetNumberOfControlPoints()):
+        meta = parse_metadata(node.GetNthControlPointDescription(i))
+        label = node.GetNthControlPointLabel(i)
+        if meta.get("annotator"):
+            node.SetAttribute(ANNOTATOR_ATTRIBUTE, meta["annotator"])
+            node.SetAttribute(IMAGE_ATTRIBUTE, meta.get("image", ""))
+            node.SetAttribute(REPEAT_ATTRIBUTE, meta.get("repeat", "1"))
+            node.SetAttribute(PLACED_ATTRIBUTE_PREFIX + label, meta.get("placed", ""))
+            node.SetAttribute(MODIFIED_ATTRIBUTE_PREFIX + label, meta.get("modified", ""))
+    return node
+
+
+# --------------------------------------------------------------------------------------- results in MRML
+def consensus_nodes(scene, session_stats, *, name_prefix: str = "Consensus") -> dict:
+    """One locked fiducial node per analysed image holding the consensus positions (LPS -> RAS)."""
+    out = {}
+    for image, st in session_stats.per_image.items():
+        ok = np.all(np.isfinite(st.consensus), axis=1)
+        pts = st.consensus[ok]
+        if pts.shape[1] == 2:
+            pts = np.column_stack([pts, np.zeros(len(pts))])
+        labels = [lab for lab, k in zip(st.labels, ok) if k]
+        out[image] = mrml.markups_node_from_points(scene, pts, labels, f"{name_prefix} {image}", locked=True)
+    return out
+
+
+def statistics_tables(scene, session_stats, *, prefix: str = "Landmark") -> dict:
+    """Table nodes (with units and descriptions) of every statistics table; returns name -> node."""
+    return {name: table_node_from_rows(scene, f"{prefix} {name}", cols, rows)
+            for name, (cols, rows) in session_stats.tables().items()}
+
+
+def registration_table(scene, result, *, name: str = "Landmark registration"):
+    from .report import registration_columns, registration_rows
+
+    return table_node_from_rows(scene, name, registration_columns(result.units), registration_rows(result))
+
+
+def registration_transform_node(scene, result, *, name: str | None = None, reference_image=None):
+    """A transform node whose transform FROM parent maps fixed RAS points to moving RAS points.
+
+    Linear models are set as a matrix; a thin-plate spline is sampled as a displacement field on
+    ``reference_image`` (a SimpleITK image of the fixed space, LPS), which is then required.
+    """
+    node = scene.AddNewNodeByClass("vtkMRMLTransformNode", name or f"Landmark {result.model} fixed->moving")
+    if result.transform_fixed_to_moving is not None:
+        tx = result.transform_fixed_to_moving
+    else:
+        if reference_image is None:
+            scene.RemoveNode(node)
+            raise CrossModalRegError("a thin-plate spline transform node needs the fixed image as reference grid")
+        tx = result.tps.to_displacement_field_transform(reference_image)
+    mrml.set_transform_fixed_to_moving(node, tx)
+    return node
+
+
+def expected_tre_volume(scene, fiducials_lps, reference_volume_node, fle_rms: float, *, name: str = "Expected TRE"):
+    """Scalar volume (mm) of the expected rigid-registration TRE on the reference volume's grid."""
+    from .tre import expected_tre_map
+
+    image = mrml.image_from_volume_node(reference_volume_node, squeeze_2d=False)
+    tre_image = expected_tre_map(np.asarray(fiducials_lps, float), image, fle_rms)
+    return mrml.volume_node_from_image(scene, tre_image, name)

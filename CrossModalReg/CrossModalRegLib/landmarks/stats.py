@@ -1,0 +1,362 @@
+"""Inter- and intra-annotator statistics of landmark positions (pure numpy; no ``slicer``, no scipy).
+
+Input is an array ``positions`` of shape (n_annotators, n_landmarks, dimension): LPS millimetres for 3D
+landmarks, pixels for 2D ones, NaN where an annotator did not place a landmark. All distances are in the units
+of the input.
+
+Definitions (per image; the fixed and moving images are analysed separately):
+
+* **consensus** of a landmark: mean (or component-wise median, ``consensus="median"``) of its annotators'
+  points, outliers excluded.
+* **FLE estimate** (fiducial localisation error, RMS over the 3D error vector): with n annotators at a landmark
+  the RMS distance to their own mean underestimates the FLE by ``sqrt((n - 1) / n)``; the estimate is corrected
+  for that (``fle_estimate = rms_to_consensus * sqrt(n / (n - 1))``). The overall FLE pools the squared
+  distances over landmarks with ``sum(n_l - 1)`` degrees of freedom.
+* **outlier**: a point farther from the *leave-one-out* consensus (component-wise median of the other
+  annotators' points, robust to a second outlier) than ``outlier_distance`` (when given) or than
+  ``outlier_factor`` times the median of all leave-one-out distances of the image.
+* **bias** of an annotator: mean vector from the leave-one-out consensus (other annotators' inliers) to the
+  annotator's inlier points, tested against zero with Hotelling's T^2 over landmarks; ``biased`` when the
+  p-value is below ``bias_alpha``. Biased annotators are found one at a time, most significant first, and left
+  out of the others' reference (a biased annotator would otherwise shift everyone else's reference by
+  ``-bias / (n - 1)``); this assumes that at most a minority of the annotators is biased.
+* **ICC(2,1)** per axis (Shrout & Fleiss 1979, two-way random effects, absolute agreement, single rater) over
+  the landmarks that every annotator placed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CrossModalRegError
+
+AXIS_NAMES = {2: ("x", "y"), 3: ("L", "P", "S")}
+
+
+# ----------------------------------------------------------------------------------------- special functions
+def _betacf(a, b, x, itmax=300, eps=3e-14):
+    """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
+    h = d
+    for m in range(1, itmax + 1):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > 1e-300 else 1e-300
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > 1e-300 else 1e-300
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularised incomplete beta function."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    front = math.exp(lbeta + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def f_distribution_sf(f: float, d1: float, d2: float) -> float:
+    """P(F > f) for an F(d1, d2) variable."""
+    if not np.isfinite(f):
+        return 0.0
+    if f <= 0:
+        return 1.0
+    return regularized_incomplete_beta(d2 / 2.0, d1 / 2.0, d2 / (d2 + d1 * f))
+
+
+# ------------------------------------------------------------------------------------------------------ ICC
+def icc_2_1(ratings) -> float:
+    """ICC(2,1) of Shrout & Fleiss (1979): two-way random effects, absolute agreement, single rater.
+
+    Parameters
+    ----------
+    ratings : array-like, shape (n_targets, k_raters)
+        Complete ratings (no NaN).
+
+    Returns
+    -------
+    float
+        ``(BMS - EMS) / (BMS + (k - 1) EMS + k (JMS - EMS) / n)``.
+    """
+    y = np.asarray(ratings, dtype=float)
+    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 2:
+        raise CrossModalRegError(f"ICC(2,1) needs at least 2 targets and 2 raters, got shape {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise CrossModalRegError("ICC(2,1) needs complete ratings (no missing values)")
+    n, k = y.shape
+    grand = y.mean()
+    ss_rows = k * np.sum((y.mean(axis=1) - grand) ** 2)
+    ss_cols = n * np.sum((y.mean(axis=0) - grand) ** 2)
+    ss_total = np.sum((y - grand) ** 2)
+    ss_err = ss_total - ss_rows - ss_cols
+    bms = ss_rows / (n - 1)
+    jms = ss_cols / (k - 1)
+    ems = ss_err / ((n - 1) * (k - 1))
+    denom = bms + (k - 1) * ems + k * (jms - ems) / n
+    return float((bms - ems) / denom) if denom > 0 else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass
+class LandmarkStatistics:
+    """Inter-annotator statistics of one image. Distances in ``units`` (mm for LPS, or pixels).
+
+    Arrays indexed ``[annotator]``, ``[landmark]`` or ``[annotator, landmark]`` follow ``annotators`` and
+    ``labels``.
+    """
+
+    annotators: list[str]
+    labels: list[str]
+    units: str
+    consensus_method: str
+    positions: np.ndarray            # (A, L, D) input
+    consensus: np.ndarray            # (L, D), NaN where no inlier point
+    n_annotators: np.ndarray         # (L,) annotators who placed the landmark
+    rms_to_consensus: np.ndarray     # (L,)
+    fle_estimate: np.ndarray         # (L,) corrected RMS FLE estimate
+    max_deviation: np.ndarray        # (L,) largest distance of a point (inlier or not) to the consensus
+    max_deviation_annotator: list[str]
+    loo_distance: np.ndarray         # (A, L) distance to the leave-one-out median consensus
+    outlier: np.ndarray              # (A, L) bool
+    outlier_threshold: float
+    annotator_mean_distance: np.ndarray  # (A,) mean distance to the leave-one-out consensus
+    annotator_bias: np.ndarray       # (A, D)
+    annotator_bias_pvalue: np.ndarray  # (A,)
+    biased: np.ndarray               # (A,) bool
+    completeness: np.ndarray         # (A,) fraction of the landmarks placed
+    fle_overall: float
+    icc_per_axis: np.ndarray         # (D,)
+    n_complete_landmarks: int
+    overall_completeness: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def biased_annotators(self) -> list[str]:
+        return [a for a, b in zip(self.annotators, self.biased) if b]
+
+    @property
+    def outlier_points(self) -> list[tuple[str, str]]:
+        """(annotator, label) of every outlier point."""
+        ai, li = np.nonzero(self.outlier)
+        return [(self.annotators[a], self.labels[i]) for a, i in zip(ai, li)]
+
+
+def _consensus(points, method):
+    if len(points) == 0:
+        return np.full(points.shape[-1], np.nan)
+    return np.median(points, axis=0) if method == "median" else points.mean(axis=0)
+
+
+def landmark_statistics(positions, *, annotators, labels, units: str = "mm", consensus: str = "mean",
+                        outlier_distance: float | None = None, outlier_factor: float | None = 3.0,
+                        exclude_outliers: bool = True, bias_alpha: float = 0.001,
+                        image: str = "") -> LandmarkStatistics:
+    """Consensus, FLE, outliers, per-annotator bias and ICC(2,1) for one image (see the module docstring).
+
+    Parameters
+    ----------
+    positions : array-like, shape (n_annotators, n_landmarks, dimension)
+        LPS mm (3D) or pixels (2D); NaN where a landmark was not placed.
+    annotators, labels : sequence of str
+        Names of the rows and columns of ``positions``.
+    consensus : {"mean", "median"}
+        Consensus estimator (the median is component-wise).
+    outlier_distance : float, optional
+        Absolute outlier threshold in ``units``.
+    outlier_factor : float, optional
+        Relative outlier threshold: a multiple of the median leave-one-out distance.
+    exclude_outliers : bool
+        Leave outliers out of the consensus, the FLE and the bias.
+    bias_alpha : float
+        Significance level of the bias test.
+    image : str
+        Name used in error messages (``"fixed"``, ``"moving"``).
+
+    Raises
+    ------
+    CrossModalRegError
+        Mismatched names, duplicate labels, or an annotator with no points on this image.
+    """
+    pos = np.asarray(positions, dtype=float)
+    where = f" on the {image} image" if image else ""
+    if pos.ndim != 3 or pos.shape[2] not in (2, 3):
+        raise CrossModalRegError(f"positions must have shape (annotators, landmarks, 2 or 3), got {pos.shape}")
+    annotators, labels = list(annotators), list(labels)
+    if len(annotators) != pos.shape[0] or len(labels) != pos.shape[1]:
+        raise CrossModalRegError(
+            f"{len(annotators)} annotator names and {len(labels)} labels for positions of shape {pos.shape}")
+    if len(set(labels)) != len(labels):
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        raise CrossModalRegError(f"duplicate landmark labels {dup}{where}; labels must be unique")
+    if consensus not in ("mean", "median"):
+        raise CrossModalRegError(f"consensus must be 'mean' or 'median', not '{consensus}'")
+    n_a, n_l, dim = pos.shape
+    if n_a < 2:
+        raise CrossModalRegError(f"inter-annotator statistics need at least 2 annotators{where}, got {n_a}")
+    present = np.all(np.isfinite(pos), axis=2)
+    for a in range(n_a):
+        if not present[a].any():
+            raise CrossModalRegError(
+                f"annotator '{annotators[a]}' has no points{where}; finish that annotation or leave the "
+                "annotator out of the analysis")
+
+    # Leave-one-out robust consensus and outliers.
+    loo = np.full((n_a, n_l), np.nan)
+    for i in range(n_l):
+        for a in range(n_a):
+            if not present[a, i]:
+                continue
+            others = [b for b in range(n_a) if b != a and present[b, i]]
+            if len(others) >= 2:
+                loo[a, i] = np.linalg.norm(pos[a, i] - np.median(pos[others, i], axis=0))
+    finite = loo[np.isfinite(loo)]
+    spread = float(np.median(finite)) if finite.size else float("nan")
+    thresholds = []
+    if outlier_distance is not None:
+        thresholds.append(float(outlier_distance))
+    if outlier_factor is not None and np.isfinite(spread):
+        thresholds.append(float(outlier_factor) * spread)
+    threshold = min(thresholds) if thresholds else float("inf")
+    outlier = np.zeros((n_a, n_l), bool)
+    with np.errstate(invalid="ignore"):
+        outlier[np.isfinite(loo)] = loo[np.isfinite(loo)] > threshold
+    inlier = present & ~outlier if exclude_outliers else present
+
+    # Consensus and FLE.
+    cons = np.full((n_l, dim), np.nan)
+    n_present = present.sum(axis=0)
+    rms = np.full(n_l, np.nan)
+    fle = np.full(n_l, np.nan)
+    max_dev = np.full(n_l, np.nan)
+    max_dev_who = [""] * n_l
+    sq_sum, dof = 0.0, 0
+    for i in range(n_l):
+        idx = np.nonzero(inlier[:, i])[0]
+        if len(idx) == 0:
+            continue
+        cons[i] = _consensus(pos[idx, i], consensus)
+        d_in = np.linalg.norm(pos[idx, i] - cons[i], axis=1)
+        rms[i] = math.sqrt(float(np.mean(d_in ** 2)))
+        if len(idx) >= 2:
+            fle[i] = rms[i] * math.sqrt(len(idx) / (len(idx) - 1))
+            sq_sum += float(np.sum(d_in ** 2))
+            dof += len(idx) - 1
+        all_idx = np.nonzero(present[:, i])[0]
+        d_all = np.linalg.norm(pos[all_idx, i] - cons[i], axis=1)
+        j = int(np.argmax(d_all))
+        max_dev[i] = float(d_all[j])
+        max_dev_who[i] = annotators[all_idx[j]]
+    fle_overall = math.sqrt(sq_sum / dof) if dof else float("nan")
+
+    # Per-annotator bias against the leave-one-out consensus of the others' inliers. A biased annotator would
+    # shift the others' reference by -bias/(n-1) and make them look biased too, so biased annotators are found
+    # one at a time (most significant first) and left out of the reference of the others (at most a minority).
+    flagged: list[int] = []
+    while True:
+        bias, pvals, mean_dist = _annotator_bias(pos, inlier, consensus, excluded=flagged)
+        candidates = [a for a in range(n_a) if a not in flagged and np.isfinite(pvals[a]) and pvals[a] < bias_alpha]
+        if not candidates or len(flagged) >= (n_a - 1) // 2:
+            break
+        flagged.append(min(candidates, key=lambda a: pvals[a]))
+    biased = np.zeros(n_a, bool)
+    biased[flagged] = True
+    biased |= np.isfinite(pvals) & (pvals < bias_alpha)
+
+    complete = np.all(present, axis=0)
+    icc = np.full(dim, np.nan)
+    notes = []
+    if complete.sum() >= 2:
+        for k in range(dim):
+            icc[k] = icc_2_1(pos[:, complete, k].T)
+    else:
+        notes.append("ICC not computed: fewer than 2 landmarks were placed by every annotator")
+    return LandmarkStatistics(
+        annotators=annotators, labels=labels, units=units, consensus_method=consensus, positions=pos,
+        consensus=cons, n_annotators=n_present, rms_to_consensus=rms, fle_estimate=fle, max_deviation=max_dev,
+        max_deviation_annotator=max_dev_who, loo_distance=loo, outlier=outlier, outlier_threshold=threshold,
+        annotator_mean_distance=mean_dist, annotator_bias=bias, annotator_bias_pvalue=pvals, biased=biased,
+        completeness=present.sum(axis=1) / n_l, fle_overall=fle_overall, icc_per_axis=icc,
+        n_complete_landmarks=int(complete.sum()), overall_completeness=float(present.mean()), notes=notes,
+    )
+
+
+def _annotator_bias(pos, inlier, consensus, *, excluded):
+    """Bias vector, Hotelling p-value and mean distance of each annotator against the leave-one-out consensus of
+    the other annotators' inliers, leaving the ``excluded`` annotators out of every reference."""
+    n_a, n_l, dim = pos.shape
+    bias = np.full((n_a, dim), np.nan)
+    pvals = np.full(n_a, np.nan)
+    mean_dist = np.full(n_a, np.nan)
+    for a in range(n_a):
+        resid = []
+        for i in range(n_l):
+            if not inlier[a, i]:
+                continue
+            others = [b for b in range(n_a) if b != a and b not in excluded and inlier[b, i]]
+            if others:
+                resid.append(pos[a, i] - _consensus(pos[others, i], consensus))
+        if not resid:
+            continue
+        r = np.array(resid)
+        bias[a] = r.mean(axis=0)
+        mean_dist[a] = float(np.mean(np.linalg.norm(r, axis=1)))
+        m = len(r)
+        if m > dim:
+            # Hotelling T^2 in the subspace where the residuals vary (a 3D protocol on a single slice has z == 0).
+            evals, evecs = np.linalg.eigh(np.cov(r, rowvar=False))
+            keep = evals > 1e-12 * max(float(evals.max()), 1e-300)
+            k = int(keep.sum())
+            if k and m > k:
+                t2 = m * float(np.sum((evecs[:, keep].T @ bias[a]) ** 2 / evals[keep]))
+                fstat = t2 * (m - k) / (k * (m - 1))
+                pvals[a] = f_distribution_sf(fstat, k, m - k)
+    return bias, pvals, mean_dist
+
+
+@dataclass
+class Repeatability:
+    """Intra-annotator repeatability from two annotations of the same image by the same annotator.
+
+    ``rms_difference`` is the RMS distance between the two placements of a landmark; since both carry the
+    annotator's localisation error, ``intra_fle`` = ``rms_difference / sqrt(2)``. Units as the input.
+    """
+
+    annotators: list[str]
+    n_pairs: np.ndarray
+    rms_difference: np.ndarray
+    intra_fle: np.ndarray
+    max_difference: np.ndarray
+    units: str = "mm"
+
+
+def repeatability(first, second, *, annotators, units: str = "mm") -> Repeatability:
+    """Repeatability per annotator from two arrays (n_annotators, n_landmarks, dim) of repeats 1 and 2."""
+    a1, a2 = np.asarray(first, float), np.asarray(second, float)
+    if a1.shape != a2.shape:
+        raise CrossModalRegError(f"the two repeats have different shapes {a1.shape} and {a2.shape}")
+    d = np.linalg.norm(a1 - a2, axis=2)
+    n = np.sum(np.isfinite(d), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rms = np.sqrt(np.nansum(d ** 2, axis=1) / n)
+    rms[n == 0] = np.nan
+    mx = np.array([np.nanmax(row) if np.isfinite(row).any() else np.nan for row in d])
+    return Repeatability(list(annotators), n, rms, rms / math.sqrt(2.0), mx, units)
