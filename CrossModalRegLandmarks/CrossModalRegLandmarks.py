@@ -413,6 +413,7 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
     def computeExpectedTreMap(self, parameterNode):
         """Expected rigid-registration TRE (mm) on the fixed volume's grid from the fixed consensus landmarks."""
         import numpy as np
+
         from CrossModalRegLib.errors import CrossModalRegError
         from CrossModalRegLib.landmarks import mrml_layer
 
@@ -480,6 +481,7 @@ class CrossModalRegLandmarksTest(ScriptedLoadableModuleTest):
         import tempfile
 
         import numpy as np
+
         from CrossModalRegLib.landmarks import AnnotationSession, LandmarkDefinition, LandmarkProtocol, save_protocol
 
         self.delayDisplay("Starting the landmark annotation test")

@@ -266,6 +266,7 @@ class CrossModalRegValidationTest(ScriptedLoadableModuleTest):
     def test_translation_gives_known_tre_and_dice(self):
         import numpy as np
         import SimpleITK as sitk
+
         from CrossModalRegLib.mrml import (
             markups_node_from_points,
             set_transform_fixed_to_moving,

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from CrossModalRegLib.cli import main as cli_main
 from CrossModalRegLib.errors import CrossModalRegError
 from CrossModalRegLib.landmarks import pair_landmarks, read_anhir_csv, register_points

@@ -13,6 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
+
 from CrossModalRegLib.cli import main as cli_main
 from CrossModalRegLib.errors import CrossModalRegError
 from CrossModalRegLib.landmarks import (
@@ -289,6 +290,7 @@ def test_session_statistics_give_consensus_nodes_and_tables_with_units(scene, tm
 
 def test_expected_tre_volume_is_on_the_reference_grid(slicer_app):
     import SimpleITK as sitk
+
     from CrossModalRegLib import mrml
 
     img = sitk.Image([20, 16, 8], sitk.sitkFloat32)

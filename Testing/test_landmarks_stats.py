@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from CrossModalRegLib.errors import CrossModalRegError
 from CrossModalRegLib.landmarks import (
     expected_tre,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
+
 from CrossModalRegLib import geometry, mrml
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from CrossModalRegLib.validation import validate
 from CrossModalRegLib.validation.overlap import resample_labels
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
+
 from CrossModalRegLib.cli import main
 
 SHIFT = (2.0, -1.0, 3.0)  # fixed -> moving, LPS mm

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from CrossModalRegLib.errors import CrossModalRegError
 from CrossModalRegLib.validation import (
     LandmarkSet,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
+
 from CrossModalRegLib.errors import CrossModalRegError
 from CrossModalRegLib.mrml import markups_node_from_points, set_transform_fixed_to_moving, volume_node_from_image
 from CrossModalRegLib.validation import LANDMARK_COLUMNS, SEGMENT_COLUMNS, SUMMARY_COLUMNS, load_profile

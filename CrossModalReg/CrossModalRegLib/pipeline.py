@@ -136,8 +136,12 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
                          use_landmarks_for_initialization: bool = True, strict: bool = True, pictures: bool = True):
     """Register and write the complete output folder atomically; return (result, output_dir)."""
     from .headless import HeadlessSlicer
-    from .mrml import (markups_node_from_points, set_transform_fixed_to_moving, set_volume_references,
-                       volume_node_from_image)
+    from .mrml import (
+        markups_node_from_points,
+        set_transform_fixed_to_moving,
+        set_volume_references,
+        volume_node_from_image,
+    )
     from .overlay import slice_views, stack_rows, write_png
     from .scene_io import save_scene
     from .scene_registration import METRIC_TRACE_COLUMNS, _embed_3d

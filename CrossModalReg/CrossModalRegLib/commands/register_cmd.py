@@ -59,8 +59,7 @@ def run(args) -> int:
     import SimpleITK as sitk
 
     from .. import engine
-    from ..pipeline import (TerminalProgress, pair_by_label, read_image, read_landmarks_for,
-                            run_registration_job)
+    from ..pipeline import TerminalProgress, pair_by_label, read_image, read_landmarks_for, run_registration_job
 
     fixed = read_image(args.fixed, "fixed")
     moving = read_image(args.moving, "moving")
