@@ -45,7 +45,10 @@ class RegistrationResult:
     transform_fixed_to_moving_lps : SimpleITK.Transform
         Maps FIXED-space points to MOVING-space points, LPS millimetres (ITK convention).
     initial_transform_fixed_to_moving_lps : SimpleITK.Transform
-        The initialisation the optimiser started from (same direction and frame).
+        The initialisation the optimiser started from, after any rotation search (same direction and frame).
+    initial_metric, final_metric : float
+        The first stage's metric (lower is better) at the start (before the rotation search and optimisation)
+        and at the result, both evaluated on smoothed copies of the preprocessed images with fixed samples.
     """
 
     transform_fixed_to_moving_lps: sitk.Transform
@@ -63,6 +66,7 @@ class RegistrationResult:
     stop_conditions: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
     started: str = ""
+    threads: int | None = 1
 
     def resample_moving(self, fixed: sitk.Image, moving: sitk.Image, *, interpolator=sitk.sitkLinear,
                         default_value: float | None = None) -> sitk.Image:
@@ -88,6 +92,8 @@ class RegistrationResult:
             "preset": self.preset,
             "preset_sha256": self.preset_sha256,
             "seed": self.seed,
+            "threads": self.threads,
+            "deterministic": self.threads == 1,
             "dimension": self.dimension,
             "inputs": self.inputs,
             "initialization": self.initialization,
@@ -129,13 +135,21 @@ def _set_metric(method, metric: dict):
         raise CrossModalRegError(f"unknown metric {name}")
 
 
+def _level_factors(fixed: sitk.Image, stage: dict) -> list[float]:
+    """Per level, the linear down-sampling factor relative to the fixed image's finest spacing (>= 1)."""
+    levels, _ = _levels(stage)
+    if "level_spacing_mm" in stage:
+        return [max(1.0, v / min(fixed.GetSpacing())) for v in levels]
+    return [float(v) for v in levels]
+
+
 def _sampling_percentages(fixed: sitk.Image, stage: dict) -> list[float]:
     """Fraction of fixed voxels sampled at each level.
 
     ``samples_per_level`` (a number of points per level) wins over ``percentage_per_level`` and ``percentage``:
     it keeps the metric's statistics the same for a 2D slice and a 3D volume.
     """
-    shrink, _ = _levels(stage)
+    shrink = _level_factors(fixed, stage)
     sampling = stage.get("sampling", {})
     n = float(np.prod(fixed.GetSize()))
     if sampling.get("samples_per_level"):
@@ -199,13 +213,21 @@ def _set_optimizer(method, opt: dict, stage_type: str):
         )
     else:
         raise CrossModalRegError(f"unknown optimizer '{name}'")
-    if name not in ("lbfgsb", "lbfgs2"):
-        # Re-estimated at every level, so it also follows a B-spline mesh that is refined between levels.
+    if stage_type != "bspline" and name not in ("lbfgsb", "lbfgs2"):
+        # Rotations (radians) and translations (mm) need scales; B-spline parameters are all displacements in mm,
+        # so unit scales are right, and estimating them from physical shifts costs a metric pass per control point
+        # (36 s of a 39 s run on a 60x72x60 phantom).
         method.SetOptimizerScalesFromPhysicalShift()
     return iterations
 
 
 def _levels(stage: dict):
+    """(shrink factors, smoothing sigmas in mm) per level. For linear stages ``level_spacing_mm`` may replace the
+    shrink factors: levels are then defined in millimetres (e.g. 8, 4, 2 mm), never finer than the image."""
+    if "level_spacing_mm" in stage:
+        levels = [float(v) for v in stage["level_spacing_mm"]]
+        sigmas = [float(s) for s in stage.get("smoothing_sigmas_mm", [0.0] * len(levels))]
+        return levels, sigmas
     shrink = [int(s) for s in stage.get("shrink_factors", [1])]
     sigmas = [float(s) for s in stage.get("smoothing_sigmas_mm", [0.0] * len(shrink))]
     return shrink, sigmas
@@ -249,7 +271,7 @@ def _bspline_mesh(fixed: sitk.Image, spacing_mm: float, coarsest_scale: int) -> 
 
 
 def _level_costs(fixed: sitk.Image, stage: dict) -> list[float]:
-    shrink, _ = _levels(stage)
+    shrink = _level_factors(fixed, stage)
     per_level = _sampling_percentages(fixed, stage)
     n = float(np.prod(fixed.GetSize()))
     iters = int(stage.get("optimizer", {}).get("iterations", 100))
@@ -279,7 +301,7 @@ def register(
     progress=None,
     cancel=None,
     strict: bool = True,
-    number_of_threads: int | None = None,
+    threads: int | None = 1,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (2D or 3D, any modalities) with a preset.
 
@@ -312,6 +334,9 @@ def register(
     strict : bool
         If True (default) a result that fails the post-run sanity checks raises ``RegistrationFailed``;
         if False it is returned with ``result.sanity.passed == False``.
+    threads : int or None
+        Threads for metric evaluation. 1 (default) makes runs bit-for-bit repeatable; None uses ITK's default
+        (all cores: faster, but two runs may differ by ~0.01 mm because ITK sums the metric in thread order).
 
     Returns
     -------
@@ -321,8 +346,6 @@ def register(
     t_start = time.perf_counter()
     cancelled = _cancel_checker(cancel)
     preset_dict = presets.apply_overrides(presets.load_preset(preset), overrides)
-    if number_of_threads:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(number_of_threads))
 
     # ---------------------------------------------------------------- pre-flight (nothing is created before)
     pre = preset_dict.get("preprocessing", {})
@@ -402,13 +425,19 @@ def register(
             fixed_p, moving_p, method_name, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks
         )
     initialization.check_overlap(fixed_p, moving_p, current, fixed_mask=fixed_mask, when="after initialisation")
+    # The reference for "did the optimisation make it worse": the start before any search or optimisation.
+    fixed_eval, moving_eval = sanity.smoothed_for_evaluation(fixed_p), sanity.smoothed_for_evaluation(moving_p)
+    with _metric_threads(threads):
+        start_metric = sanity.evaluate_metric(fixed_eval, moving_eval, current, stages[0]["metric"],
+                                              fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
     if do_search:
         search_cfg = dict(init_cfg.get("rotation_search", {}))
-        current, search_info = initialization.rotation_search(
-            fixed_p, moving_p, current, metric=stages[0]["metric"], config=search_cfg, seed=seed,
-            fixed_mask=fixed_mask, moving_mask=moving_mask, cancelled=cancelled,
-            report=lambda f: tracker.update("initialize", f, message="searching rotations"),
-        )
+        with _metric_threads(threads):
+            current, search_info = initialization.rotation_search(
+                fixed_p, moving_p, current, metric=stages[0]["metric"], config=search_cfg, seed=seed,
+                fixed_mask=fixed_mask, moving_mask=moving_mask, cancelled=cancelled,
+                report=lambda f: tracker.update("initialize", f, message="searching rotations"),
+            )
         init_info["rotation_search"] = search_info
     initial_transform = _copy_transform(current)
     tracker.update("initialize", 1.0, message="initialised")
@@ -424,108 +453,152 @@ def register(
         initialization=init_info,
         inputs=inputs,
         started=now_iso(),
+        threads=threads,
     )
-    result.initial_metric = sanity.evaluate_metric(fixed_p, moving_p, initial_transform, stages[0]["metric"],
-                                                   fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
+    result.initial_metric = start_metric
 
     # ---------------------------------------------------------------- stages
     linear = current
     bspline_tx = None
+    pyramid_cache = {}
     for si, stage in enumerate(stages):
         if cancelled():
             raise RegistrationCancelled()
         t = time.perf_counter()
         stage_type = stage["type"]
         shrink, sigmas = _levels(stage)
-        method = sitk.ImageRegistrationMethod()
-        _set_metric(method, stage["metric"])
-        _set_sampling(method, fixed_p, stage, seed + si)
-        method.SetInterpolator(sitk.sitkLinear)
-        # Gradients at the sampled points only, not a gradient image of every voxel at every level.
-        method.MetricUseFixedImageGradientFilterOff()
-        method.MetricUseMovingImageGradientFilterOff()
-        if fixed_mask is not None:
-            method.SetMetricFixedMask(fixed_mask)
-        if moving_mask is not None:
-            method.SetMetricMovingMask(moving_mask)
-        method.SetShrinkFactorsPerLevel(shrink)
-        method.SetSmoothingSigmasPerLevel(sigmas)
-        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-
-        if stage_type in ("rigid", "affine"):
-            stage_tx = _linear_transform_for(stage_type, dim, linear)
-            method.SetInitialTransform(stage_tx, inPlace=True)
-            max_iter = _set_optimizer(method, stage.get("optimizer", {}), stage_type)
-
-            def make_preview(method=method, stage_tx=stage_tx):
-                tx = _copy_transform(stage_tx)
-                tx.SetParameters(method.GetOptimizerPosition())
-                return tx
-        else:
-            scale_factors = [int(s) for s in stage.get("mesh_scale_factors", [1] * len(shrink))]
-            mesh = _bspline_mesh(fixed_p, float(stage["control_point_spacing_mm"]), scale_factors[-1])
-            bspline_tx = sitk.BSplineTransformInitializer(fixed_p, mesh, int(stage.get("order", 3)))
-            method.SetMovingInitialTransform(linear)
-            method.SetInitialTransformAsBSpline(bspline_tx, inPlace=True, scaleFactors=scale_factors)
-            max_iter = _set_optimizer(method, stage.get("optimizer", {}), stage_type)
-            level_templates = [
-                sitk.BSplineTransformInitializer(fixed_p, [m * s for m in mesh], int(stage.get("order", 3)))
-                for s in scale_factors
-            ]
-
-            def make_preview(method=method, templates=level_templates, linear=linear):
-                pos = method.GetOptimizerPosition()
-                for tpl in templates:
-                    if tpl.GetNumberOfParameters() == len(pos):
-                        b = sitk.BSplineTransform(tpl)
-                        b.SetParameters(pos)
-                        return sitk.CompositeTransform([_copy_transform(linear), b])
-                return None
-
         costs = stage_costs[si]
         level_start = np.concatenate([[0.0], np.cumsum(costs)])[:-1] / sum(costs)
         level_width = np.array(costs) / sum(costs)
         state = {"cancelled": False}
+        max_iter = int(stage.get("optimizer", {}).get("iterations", 100))
 
-        def on_iteration(method=method, si=si, stage_type=stage_type, make_preview=make_preview, state=state,
-                         level_start=level_start, level_width=level_width, max_iter=max_iter, n_levels=len(shrink)):
-            level = method.GetCurrentLevel()
-            it = method.GetOptimizerIteration()
-            value = method.GetMetricValue()
-            result.metric_trace.append(MetricSample(si, stage_type, int(level), int(it), float(value)))
-            within = level_start[level] + level_width[level] * min(1.0, (it + 1) / max(max_iter, 1))
-            tracker.update(
-                f"stage{si}", within, stage=stage_type, stage_index=si, n_stages=len(stages), level=int(level),
-                n_levels=n_levels, iteration=int(it), metric=float(value),
-                message=f"{stage_type} level {level + 1}/{n_levels}", _transform_factory=make_preview,
-            )
-            if cancelled():
-                state["cancelled"] = True
-                method.StopRegistration()
+        def make_method(sampling_pcts, seed_offset, stage=stage):
+            method = sitk.ImageRegistrationMethod()
+            _set_metric(method, stage["metric"])
+            strategy = stage.get("sampling", {}).get("strategy", "random")
+            if strategy == "none" or min(sampling_pcts) >= 1.0:
+                method.SetMetricSamplingStrategy(method.NONE)
+            else:
+                method.SetMetricSamplingStrategy(method.REGULAR if strategy == "regular" else method.RANDOM)
+                method.SetMetricSamplingPercentagePerLevel(list(sampling_pcts), int(seed + seed_offset))
+            method.SetInterpolator(sitk.sitkLinear)
+            # Gradients at the sampled points only, not a gradient image of every voxel at every level.
+            method.MetricUseFixedImageGradientFilterOff()
+            method.MetricUseMovingImageGradientFilterOff()
+            if fixed_mask is not None:
+                method.SetMetricFixedMask(fixed_mask)
+            if moving_mask is not None:
+                method.SetMetricMovingMask(moving_mask)
+            return method
 
-        method.AddCommand(sitk.sitkIterationEvent, on_iteration)
-        try:
-            method.Execute(fixed_p, moving_p)
-        except RuntimeError as exc:
+        def run(method, fixed_img, moving_img, make_preview, level_of, si=si, stage_type=stage_type, state=state,
+                level_start=level_start, level_width=level_width, n_levels=len(shrink), max_iter=max_iter):
+            def on_iteration():
+                level = level_of(method)
+                it = method.GetOptimizerIteration()
+                value = method.GetMetricValue()
+                position = method.GetOptimizerPosition()  # copied now: the optimiser forgets it after the run
+                result.metric_trace.append(MetricSample(si, stage_type, int(level), int(it), float(value)))
+                within = level_start[level] + level_width[level] * min(1.0, (it + 1) / max(max_iter, 1))
+                tracker.update(
+                    f"stage{si}", within, stage=stage_type, stage_index=si, n_stages=len(stages), level=int(level),
+                    n_levels=n_levels, iteration=int(it), metric=float(value),
+                    message=f"{stage_type} level {level + 1}/{n_levels}",
+                    _transform_factory=lambda: make_preview(position),
+                )
+                if cancelled():
+                    state["cancelled"] = True
+                    method.StopRegistration()
+
+            method.AddCommand(sitk.sitkIterationEvent, on_iteration)
+            try:
+                with _metric_threads(threads):
+                    method.Execute(fixed_img, moving_img)
+            except RuntimeError as exc:
+                if state["cancelled"] or cancelled():
+                    raise RegistrationCancelled() from None
+                reason = _short_itk_error(exc)
+                if "overlap" in reason or "outside" in reason:
+                    # The start overlapped (checked before): the optimiser itself moved the images apart.
+                    raise RegistrationFailed(
+                        f"the {stage_type} optimiser moved the images apart ({reason}); try a smaller learning "
+                        "rate, landmark initialisation or masks", [reason], None) from None
+                raise CrossModalRegError(f"{stage_type} stage could not run: {reason}") from exc
             if state["cancelled"] or cancelled():
-                raise RegistrationCancelled() from None
-            raise CrossModalRegError(f"{stage_type} stage could not run: {_short_itk_error(exc)}") from exc
-        if state["cancelled"] or cancelled():
-            raise RegistrationCancelled()
-        result.stop_conditions.append(f"{stage_type}: {method.GetOptimizerStopConditionDescription()}")
+                raise RegistrationCancelled()
+            result.stop_conditions.append(f"{stage_type}: {method.GetOptimizerStopConditionDescription()}")
+
         if stage_type in ("rigid", "affine"):
+            # Linear stages: our own pyramid of block-averaged (BinShrink) and smoothed copies, one optimisation per
+            # level. ITK's built-in pyramid smooths the full-size images at every level, which was a third of the
+            # run time on a 1 mm head; the result is the same kind of coarse-to-fine optimisation.
+            stage_tx = _linear_transform_for(stage_type, dim, linear)
+            pcts = _sampling_percentages(fixed_p, stage)
+
+            def make_preview(pos, stage_tx=stage_tx):
+                tx = _copy_transform(stage_tx)
+                tx.SetParameters(pos)
+                return tx
+
+            factors = _level_factors(fixed_p, stage)
+            for level, (factor, sigma) in enumerate(zip(factors, sigmas)):
+                if cancelled():
+                    raise RegistrationCancelled()
+                f_l = _pyramid_level(pyramid_cache, "fixed", fixed_p, factor, sigma, reference_spacing=fixed_p)
+                m_l = _pyramid_level(pyramid_cache, "moving", moving_p, factor, sigma, reference_spacing=fixed_p)
+                n_level = float(np.prod(f_l.GetSize()))
+                n_wanted = pcts[level] * np.prod(fixed_p.GetSize()) / factor ** dim
+                method = make_method([min(1.0, n_wanted / n_level)], si * 16 + level)
+                method.SetInitialTransform(stage_tx, inPlace=True)
+                _set_optimizer(method, stage.get("optimizer", {}), stage_type)
+                run(method, f_l, m_l, make_preview, lambda _m, level=level: level)
             linear = stage_tx
+        else:
+            # B-spline, coarse to fine: each level's control grid is the previous one refined (its coefficients fitted
+            # to interpolate the previous level's displacement exactly at the new control points), then optimised
+            # on that level's pyramid images with L-BFGS-B. ITK's built-in mesh refinement cannot be used with
+            # L-BFGS-B (its scales keep the first level's size), and L-BFGS-B is the optimiser that moves thousands
+            # of control points sensibly (a normalised gradient step gives each only ~1/sqrt(n) of the step).
+            scale_factors = [int(v) for v in stage.get("mesh_scale_factors", [1] * len(shrink))]
+            mesh = _bspline_mesh(fixed_p, float(stage["control_point_spacing_mm"]), scale_factors[-1])
+            order = int(stage.get("order", 3))
+            pcts = _sampling_percentages(fixed_p, stage)
+            previous = None
+            for level, (factor, sigma, scale) in enumerate(zip(shrink, sigmas, scale_factors)):
+                if cancelled():
+                    raise RegistrationCancelled()
+                f_l = _pyramid_level(pyramid_cache, "fixed", fixed_p, factor, sigma, reference_spacing=fixed_p)
+                m_l = _pyramid_level(pyramid_cache, "moving", moving_p, factor, sigma, reference_spacing=fixed_p)
+                n_wanted = pcts[level] * np.prod(fixed_p.GetSize()) / float(factor) ** dim
+                method = make_method([min(1.0, n_wanted / float(np.prod(f_l.GetSize())))], si * 16 + level)
+                level_tx = sitk.BSplineTransformInitializer(fixed_p, [m * scale for m in mesh], order)
+                if previous is not None:
+                    level_tx = refine_bspline(previous, level_tx)
+                method.SetMovingInitialTransform(_copy_transform(linear))
+                method.SetInitialTransform(level_tx, inPlace=True)
+                _set_optimizer(method, stage.get("optimizer", {}), stage_type)
+
+                def make_preview(pos, level_tx=level_tx, linear=linear):
+                    b = sitk.BSplineTransform(level_tx)
+                    b.SetParameters(pos)
+                    return sitk.CompositeTransform([_copy_transform(linear), b])
+
+                run(method, f_l, m_l, make_preview, lambda _m, level=level: level)
+                previous = level_tx
+            bspline_tx = [previous]
         timings[f"stage{si}_{stage_type}"] = time.perf_counter() - t
         tracker.update(f"stage{si}", 1.0, stage=stage_type, stage_index=si, n_stages=len(stages),
                        message=f"{stage_type} done")
 
-    final = linear if bspline_tx is None else sitk.CompositeTransform([_copy_transform(linear), bspline_tx])
+    final = linear if bspline_tx is None else sitk.CompositeTransform([_copy_transform(linear), *bspline_tx])
     result.transform_fixed_to_moving_lps = final
 
     # ---------------------------------------------------------------- post-run sanity checks
     t = time.perf_counter()
-    result.final_metric = sanity.evaluate_metric(fixed_p, moving_p, final, stages[0]["metric"],
-                                                 fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
+    with _metric_threads(threads):
+        result.final_metric = sanity.evaluate_metric(fixed_eval, moving_eval, final, stages[0]["metric"],
+                                                     fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
     result.sanity = sanity.check_result(fixed_p, moving_p, final, initial_metric=result.initial_metric,
                                         final_metric=result.final_metric, fixed_mask=fixed_mask)
     timings["sanity"] = time.perf_counter() - t
@@ -538,6 +611,84 @@ def register(
         )
     tracker.finish("done")
     return result
+
+
+def _subdivision_matrix(n_coarse: int) -> np.ndarray:
+    """Exact refinement of uniform cubic B-spline coefficients by a factor of 2 (Lane-Riesenfeld subdivision),
+    for ITK's grid layout: coarse mesh m has m + 3 coefficients, the refined mesh 2m has 2m + 3, and refined
+    coefficient k sits at coarse continuous index (k + 1) / 2."""
+    m = n_coarse - 3
+    r = np.zeros((2 * m + 3, n_coarse))
+    for k in range(2 * m + 3):
+        if k % 2:  # on a coarse coefficient j
+            j = (k + 1) // 2
+            r[k, j - 1], r[k, j], r[k, j + 1] = 1 / 8, 6 / 8, 1 / 8
+        else:  # half-way between coefficients j and j + 1
+            j = k // 2
+            r[k, j], r[k, j + 1] = 1 / 2, 1 / 2
+    return r
+
+
+def refine_bspline(coarse: sitk.BSplineTransform, fine: sitk.BSplineTransform) -> sitk.BSplineTransform:
+    """``fine`` (a cubic B-spline over the same domain with a control grid 2, 4, 8... times finer) with the
+    coefficients that represent ``coarse`` exactly (repeated factor-2 subdivision; no approximation)."""
+    dim = fine.GetDimension()
+    cfp = np.array(coarse.GetFixedParameters())
+    ffp = np.array(fine.GetFixedParameters())
+    csize = cfp[:dim].astype(int)
+    fsize = ffp[:dim].astype(int)
+    n = coarse.GetNumberOfParameters() // dim
+    coef = np.stack([np.array(coarse.GetParameters()[c * n:(c + 1) * n]).reshape(csize, order="F")
+                     for c in range(dim)], axis=-1)
+    for axis in range(dim):
+        while coef.shape[axis] < fsize[axis]:
+            r = _subdivision_matrix(coef.shape[axis])
+            coef = np.moveaxis(np.tensordot(r, np.moveaxis(coef, axis, 0), axes=(1, 0)), 0, axis)
+        if coef.shape[axis] != fsize[axis]:
+            raise ValueError(f"control grid {fsize} is not a power-of-2 refinement of {csize}")
+    out = sitk.BSplineTransform(fine)
+    out.SetParameters(tuple(float(v) for c in range(dim) for v in coef[..., c].ravel(order="F")))
+    return out
+
+
+def _pyramid_level(cache, role, image, factor, sigma_mm, *, reference_spacing):
+    """A coarse copy of ``image`` for one pyramid level: block-averaged to about ``factor`` times the fixed image's
+    finest spacing (per axis, never finer than the image itself), then Gaussian-smoothed by ``sigma_mm``."""
+    key = (role, float(factor), float(sigma_mm))
+    if key in cache:
+        return cache[key]
+    target = factor * min(reference_spacing.GetSpacing())
+    factors = [max(1, int(round(target / s))) for s in image.GetSpacing()]
+    factors = [min(f, max(1, n // 4)) for f, n in zip(factors, image.GetSize())]
+    out = sitk.BinShrink(image, factors) if max(factors) > 1 else image
+    if sigma_mm > 0:
+        out = sitk.SmoothingRecursiveGaussian(out, float(sigma_mm))
+    cache[key] = out
+    return out
+
+
+class _metric_threads:
+    """Run ITK with ``n`` threads inside the block (None: leave as is).
+
+    ITK's Mattes mutual information accumulates its joint histogram from several threads in whatever order they
+    finish: two runs on the same inputs then differ in the last bits, and the optimiser's path amplifies that to
+    ~0.01 mm. One thread makes every run bit-identical (``threads=1``, the default, for determinism).
+    """
+
+    def __init__(self, n):
+        self.n = n
+        self.previous = None
+
+    def __enter__(self):
+        if self.n:
+            self.previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(self.n))
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(self.previous)
+        return False
 
 
 def _copy_transform(tx: sitk.Transform) -> sitk.Transform:

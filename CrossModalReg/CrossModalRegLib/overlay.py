@@ -42,6 +42,8 @@ def slice_views(scene, fixed_node, moving_node, *, app_logic=None, size: int = 2
         orientations = ("Axial",) if dims[2] == 1 else ORIENTATIONS_3D
     display = moving_node.GetDisplayNode() if moving_node is not None else None
     old_color = display.GetColorNodeID() if display is not None else None
+    if old_color is None:  # RGB (vector) volumes show their own colours: no colour table to swap
+        display = None
     if display is not None and moving_color_node_id and scene.GetNodeByID(moving_color_node_id) is not None:
         display.SetAndObserveColorNodeID(moving_color_node_id)
     tiles = []

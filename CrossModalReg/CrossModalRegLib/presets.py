@@ -11,7 +11,8 @@ A preset file (``presets/<name>.json``) has::
       "initialization": {"method": "moments" | "geometry" | "landmarks" | "none",
                          "rotation_search": {"enabled": true, "max_angle_deg": 45, "step_deg": 15, ...}},
       "stages": [ {"type": "rigid" | "affine" | "bspline", "metric": {...}, "sampling": {...},
-                   "optimizer": {...}, "shrink_factors": [...], "smoothing_sigmas_mm": [...], ...}, ... ]
+                   "optimizer": {...}, "shrink_factors": [...] or "level_spacing_mm": [...] (linear stages),
+                   "smoothing_sigmas_mm": [...], ...}, ... ]
     }
 
 Preprocessing keys (each optional): ``grey`` ("luminance" | "optical_density") for RGB input,
@@ -127,12 +128,19 @@ def validate_preset(preset: dict, source: str = "<preset>") -> None:
         metric = st.get("metric", {}).get("name")
         if metric not in METRICS:
             fail(f"stages[{i}].metric.name must be one of {METRICS}")
-        shrink = st.get("shrink_factors", [1])
+        if "level_spacing_mm" in st:
+            if t == "bspline":
+                fail(f"stages[{i}]: a bspline stage takes shrink_factors, not level_spacing_mm")
+            shrink = st["level_spacing_mm"]
+            if any(float(v) <= 0 for v in shrink):
+                fail(f"stages[{i}]: level_spacing_mm must be positive")
+        else:
+            shrink = st.get("shrink_factors", [1])
+            if any(int(s) < 1 for s in shrink):
+                fail(f"stages[{i}]: shrink factors must be >= 1")
         sigmas = st.get("smoothing_sigmas_mm", [0] * len(shrink))
         if len(shrink) != len(sigmas):
-            fail(f"stages[{i}]: shrink_factors and smoothing_sigmas_mm must have the same length")
-        if any(int(s) < 1 for s in shrink):
-            fail(f"stages[{i}]: shrink factors must be >= 1")
+            fail(f"stages[{i}]: the levels and smoothing_sigmas_mm must have the same length")
         if t == "bspline" and float(st.get("control_point_spacing_mm", 0)) <= 0:
             fail(f"stages[{i}]: a bspline stage needs control_point_spacing_mm > 0")
         sampling = st.get("sampling", {})

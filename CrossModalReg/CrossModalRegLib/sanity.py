@@ -32,9 +32,28 @@ class SanityReport:
         return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
 
 
+def smoothed_for_evaluation(image):
+    """Gaussian-smoothed copy (sigma = one voxel of the coarsest axis) used to compare metric values.
+
+    At full resolution, linear interpolation makes mutual information bumpy at the sub-voxel scale (a result
+    0.02 mm from the truth scored worse than a start 0.13 mm away on the BrainWeb shift pair); smoothing both
+    images removes that artefact, while a genuinely worse alignment still scores worse.
+    """
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    # Block-average large images to about a million voxels first (cheap, and the comparison needs no more).
+    factor = int(max(1, np.floor((np.prod(image.GetSize()) / 1.0e6) ** (1.0 / image.GetDimension()))))
+    if factor > 1:
+        image = sitk.BinShrink(image, [factor] * image.GetDimension())
+    sigma = float(max(image.GetSpacing()))
+    return sitk.SmoothingRecursiveGaussian(image, sigma)
+
+
 def evaluate_metric(fixed, moving, transform, metric: dict, *, fixed_mask=None, moving_mask=None, seed=0,
                     max_samples: int = 200000) -> float:
-    """Metric value (lower is better) of ``transform`` (fixed -> moving) at full resolution, fixed random samples."""
+    """Metric value (lower is better) of ``transform`` (fixed -> moving), fixed random samples.
+
+    Pass images from :func:`smoothed_for_evaluation` to compare a start and an end.
+    """
     from .engine import _set_metric
 
     method = sitk.ImageRegistrationMethod()

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import vtk
+import slicer
 
 from . import engine, mrml
 from .errors import CrossModalRegError
@@ -148,8 +148,9 @@ def register_volume_nodes(
     previous_parent_id = moving_node.GetParentTransformNode().GetID() if moving_node.GetParentTransformNode() else None
     previous_output_transform = None
     if output_transform_node is not None:
-        previous_output_transform = vtk.vtkGeneralTransform()
-        previous_output_transform.DeepCopy(output_transform_node.GetTransformFromParent())
+        # A detached copy of the user's node (its transform and attributes), put back on failure.
+        previous_output_transform = slicer.vtkMRMLTransformNode()
+        previous_output_transform.CopyContent(output_transform_node, True)
         previous_attr = output_transform_node.GetAttribute(mrml.DIRECTION_ATTRIBUTE)
     outputs = None
     try:
@@ -239,7 +240,7 @@ def register_volume_nodes(
         # Put the scene back as it was: the moving volume's parent, the user's output node, no new nodes.
         moving_node.SetAndObserveTransformNodeID(previous_parent_id)
         if previous_output_transform is not None:
-            output_transform_node.SetAndObserveTransformFromParent(previous_output_transform)
+            output_transform_node.CopyContent(previous_output_transform, True)
             output_transform_node.SetAttribute(mrml.DIRECTION_ATTRIBUTE, previous_attr)
         mrml.remove_nodes(scene, reversed(created))
         raise

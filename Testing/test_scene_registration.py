@@ -1,0 +1,202 @@
+"""Registration of volume nodes in a real slicer-core MRML scene: live preview, outputs, rollback, conventions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import vtk
+from _cases import BRAINWEB_CASES, foreground, grid_points
+
+from CrossModalRegLib import geometry, mrml, scene_registration, simulation
+from CrossModalRegLib.errors import CrossModalRegError, RegistrationCancelled
+
+
+def _brainweb_nodes(scene, shared_data, case):
+    fixed_name, moving_name, truth = BRAINWEB_CASES[case]
+    fixed = sitk.ReadImage(str(shared_data / "brainweb2d" / fixed_name))
+    moving = sitk.ReadImage(str(shared_data / "brainweb2d" / moving_name))
+    return (mrml.volume_node_from_image(scene, fixed, "T1"), mrml.volume_node_from_image(scene, moving, "PD"),
+            fixed, moving, truth())
+
+
+def _node_ids(scene):
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def test_moving_under_output_transform_coincides_with_fixed_through_slicer_transform_logic(slicer_app, shared_data):
+    """After hardening the output transform on the moving volume with Slicer's transform logic, the moving voxel
+    that Slicer puts at a fixed RAS point is the voxel the ground truth says corresponds to it."""
+    scene = slicer_app.scene
+    fixed_node, moving_node, fixed, moving, truth = _brainweb_nodes(scene, shared_data, "rotation_10_shift")
+    out = scene_registration.register_volume_nodes(scene, fixed_node, moving_node)
+    assert moving_node.GetParentTransformNode() is out.transform_node
+    assert out.transform_node.GetNodeReference(mrml.FIXED_VOLUME_REFERENCE) is fixed_node
+    assert out.transform_node.GetNodeReference(mrml.MOVING_VOLUME_REFERENCE) is moving_node
+
+    points_lps = grid_points(fixed, 6, foreground(fixed))
+    expected_moving_lps = geometry.transform_points(truth, points_lps)
+    # Slicer's own transform: hardening moves the moving volume's geometry (linear transform).
+    slicer_app.transform_logic.hardenTransform(moving_node)
+    assert moving_node.GetParentTransformNode() is None
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    moving_node.GetRASToIJKMatrix(ras_to_ijk)
+    ijk_slicer = np.array([ras_to_ijk.MultiplyPoint((*p, 1.0))[:3] for p in geometry.lps_to_ras_points(points_lps)])
+    ijk_truth = np.array([moving.TransformPhysicalPointToContinuousIndex(tuple(p)) for p in expected_moving_lps])
+    error_mm = np.linalg.norm((ijk_slicer[:, :2] - ijk_truth) * np.array(moving.GetSpacing()), axis=1)
+    assert error_mm.mean() < 0.5
+    assert np.abs(ijk_slicer[:, 2]).max() < 1e-6  # the 2D slice stays in its plane
+
+
+def test_3d_oblique_result_maps_fixed_ras_to_moving_ras_as_the_lps_transform_says(slicer_app):
+    """The frame conversion on a real 3D pair whose moving grid is oblique: node (RAS) vs result (LPS)."""
+    scene = slicer_app.scene
+    rng = np.random.RandomState(2)
+    model = simulation.head_phantom(spacing_mm=2.5)
+    fixed = simulation.render(model, "t1", rng=rng)
+    center = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in fixed.GetSize()])
+    truth = simulation.random_rigid_transform(rng, center=center, max_angle_deg=20.0, max_translation_mm=15.0)
+    moving = simulation.simulate_pair(simulation.render(model, "ct", rng=rng), truth, spacing=(2.0, 2.0, 3.0),
+                                      rng=rng, oblique_deg=25.0)
+    fixed_node = mrml.volume_node_from_image(scene, fixed, "MR")
+    moving_node = mrml.volume_node_from_image(scene, moving, "CT")
+    out = scene_registration.register_volume_nodes(scene, fixed_node, moving_node, preset="ct-mr-rigid")
+    targets = simulation.points_in_mask(model.brain_mask(), 200, rng)
+    via_slicer = geometry.ras_to_lps_points(
+        mrml.transform_ras_points_from_parent(out.transform_node, geometry.lps_to_ras_points(targets)))
+    via_result = geometry.transform_points(out.result.transform_fixed_to_moving_lps, targets)
+    np.testing.assert_allclose(via_slicer, via_result, atol=1e-6)
+    truth_pts = geometry.transform_points(truth, targets)
+    assert np.linalg.norm(via_slicer - truth_pts, axis=1).mean() < 1.0
+
+
+def test_live_preview_updates_the_transform_node_many_times_during_a_run(slicer_app, shared_data):
+    scene = slicer_app.scene
+    fixed_node, moving_node, *_ = _brainweb_nodes(scene, shared_data, "rotation_10_shift")
+    transform_node = scene.AddNewNodeByClass("vtkMRMLTransformNode", "output")
+    modified = []
+    transform_node.AddObserver(transform_node.TransformModifiedEvent, lambda *a: modified.append(1))
+    parents_seen = []
+
+    def progress(p):
+        parents_seen.append(moving_node.GetParentTransformNode() is transform_node)
+
+    out = scene_registration.register_volume_nodes(scene, fixed_node, moving_node,
+                                                   output_transform_node=transform_node, preview_interval_s=0.0,
+                                                   progress=progress)
+    assert out.preview_updates > 10
+    assert len(modified) > 10
+    assert all(parents_seen)  # the moving volume sits under the preview during the whole run
+
+
+def test_deformable_preview_and_result_are_b_spline_transforms_slicer_can_apply(slicer_app):
+    scene = slicer_app.scene
+    rng = np.random.RandomState(4)
+    model = simulation.head_phantom(spacing_mm=3.0)
+    fixed = simulation.render(model, "t1", rng=rng)
+    moving = simulation.render(model, "t2", rng=rng)
+    fixed_node = mrml.volume_node_from_image(scene, fixed, "T1")
+    moving_node = mrml.volume_node_from_image(scene, moving, "T2")
+    out = scene_registration.register_volume_nodes(
+        scene, fixed_node, moving_node, preset="multimodal-deformable", preview_interval_s=0.0,
+        overrides={"stages.2.optimizer.iterations": 5, "stages.1.optimizer.iterations": 10}, strict=False)
+    assert out.preview_updates > 5
+    assert not out.transform_node.IsLinear()
+    pts = simulation.points_in_mask(model.brain_mask(), 50, rng)
+    via_slicer = geometry.ras_to_lps_points(
+        mrml.transform_ras_points_from_parent(out.transform_node, geometry.lps_to_ras_points(pts)))
+    np.testing.assert_allclose(via_slicer, geometry.transform_points(out.result.transform_fixed_to_moving_lps, pts),
+                               atol=1e-3)
+
+
+def test_outputs_provenance_metric_table_and_resampled_volume(slicer_app, shared_data):
+    scene = slicer_app.scene
+    fixed_node, moving_node, fixed, *_ = _brainweb_nodes(scene, shared_data, "shift_13_17")
+    out = scene_registration.register_volume_nodes(scene, fixed_node, moving_node, create_resampled_volume=True,
+                                                   seed=42)
+    assert out.transform_node.GetName() == "PD_to_T1 (CrossModalReg)"
+    prov = json.loads(out.transform_node.GetNodeReference(scene_registration.PROVENANCE_REFERENCE).GetText())
+    assert prov["seed"] == 42 and prov["preset"]["name"] == "multimodal-rigid"
+    assert prov["scene_inputs"]["fixed_volume"] == "T1"
+    assert prov["inputs"]["fixed"]["sha256"] and prov["software"]["SimpleITK"]
+    table = out.trace_table_node
+    assert table.GetNumberOfRows() == len(out.result.metric_trace) > 10
+    assert table.GetColumnDescription("metric").startswith("Metric value")
+    assert out.trace_chart_node.GetNumberOfPlotSeriesNodes() == 1
+    resampled = mrml.image_from_volume_node(out.resampled_node)
+    assert resampled.GetSize() == fixed.GetSize()
+
+
+def test_cancel_leaves_the_scene_exactly_as_it_was(slicer_app, shared_data):
+    scene = slicer_app.scene
+    fixed_node, moving_node, *_ = _brainweb_nodes(scene, shared_data, "rotation_10_shift")
+    previous_parent = scene.AddNewNodeByClass("vtkMRMLTransformNode", "user's transform")
+    moving_node.SetAndObserveTransformNodeID(previous_parent.GetID())
+    user_output = scene.AddNewNodeByClass("vtkMRMLTransformNode", "user's output")
+    m = vtk.vtkMatrix4x4()
+    m.SetElement(0, 3, 7.0)
+    user_output.SetMatrixTransformToParent(m)
+    ids_before = _node_ids(scene)
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 30  # cancel in the middle of the optimisation
+
+    with pytest.raises(RegistrationCancelled):
+        scene_registration.register_volume_nodes(scene, fixed_node, moving_node, output_transform_node=user_output,
+                                                 cancel=cancel)
+    assert _node_ids(scene) == ids_before
+    assert moving_node.GetParentTransformNode() is previous_parent
+    after = vtk.vtkMatrix4x4()
+    user_output.GetMatrixTransformToParent(after)
+    assert after.GetElement(0, 3) == 7.0 and after.GetElement(0, 0) == 1.0
+
+
+def test_bad_input_changes_nothing(slicer_app, shared_data):
+    scene = slicer_app.scene
+    fixed_node, moving_node, *_ = _brainweb_nodes(scene, shared_data, "identity")
+    ids_before = _node_ids(scene)
+    with pytest.raises(CrossModalRegError, match="same node"):
+        scene_registration.register_volume_nodes(scene, fixed_node, fixed_node)
+    lm_f = mrml.markups_node_from_points(scene, [[0, 0, 0], [10, 0, 0], [0, 10, 0]], ["a", "b", "c"], "f")
+    lm_m = mrml.markups_node_from_points(scene, [[0, 0, 0], [10, 0, 0], [0, 10, 0]], ["a", "b", "x"], "m")
+    ids_before = _node_ids(scene)
+    with pytest.raises(CrossModalRegError, match=r"only in fixed \['c'\], only in moving \['x'\]"):
+        scene_registration.register_volume_nodes(scene, fixed_node, moving_node, fixed_landmarks_node=lm_f,
+                                                 moving_landmarks_node=lm_m)
+    assert _node_ids(scene) == ids_before
+    assert moving_node.GetParentTransformNode() is None
+
+
+def test_segmentation_mask_from_a_segmentation_node_is_used(slicer_app, shared_data):
+    scene = slicer_app.scene
+    fixed_node, moving_node, fixed, _, truth = _brainweb_nodes(scene, shared_data, "shift_13_17")
+    labelmap = mrml.volume_node_from_image(scene, sitk.Cast(foreground(fixed), sitk.sitkUInt8), "mask")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mask seg")
+    import slicer
+
+    lm_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "lm")
+    lm_node.SetAndObserveImageData(labelmap.GetImageData())
+    m = vtk.vtkMatrix4x4()
+    labelmap.GetIJKToRASMatrix(m)
+    lm_node.SetIJKToRASMatrix(m)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lm_node, seg)
+    out = scene_registration.register_volume_nodes(scene, fixed_node, moving_node, fixed_mask_node=seg)
+    assert "fixed_mask" in out.result.inputs
+    err = np.linalg.norm(geometry.transform_points(out.result.transform_fixed_to_moving_lps, grid_points(fixed, 9))
+                         - geometry.transform_points(truth, grid_points(fixed, 9)), axis=1)
+    assert err.mean() < 0.5
+
+
+def test_checkerboard_volume_alternates_fixed_and_transformed_moving(slicer_app, shared_data):
+    scene = slicer_app.scene
+    fixed_node, moving_node, fixed, *_ = _brainweb_nodes(scene, shared_data, "shift_13_17")
+    scene_registration.register_volume_nodes(scene, fixed_node, moving_node, create_convergence_outputs=False)
+    node = scene_registration.checkerboard_volume(scene, fixed_node, moving_node, squares=4)
+    img = mrml.image_from_volume_node(node)
+    assert img.GetSize() == fixed.GetSize()
+    again = scene_registration.checkerboard_volume(scene, fixed_node, moving_node, squares=4, node=node)
+    assert again is node
