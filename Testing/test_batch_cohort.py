@@ -1,0 +1,287 @@
+"""Cohort batch on Dask, end to end, on simulated pairs built at run time from ../shared/data.
+
+One cohort of 10 cases: seven 2D BrainWeb T1/PD pairs under known random rigid transforms (some with landmarks,
+some with label maps, one deformable), one small 3D MNI152 T1 / simulated-T2 pair with tissue labels, and two
+planted failures: a pair that does not overlap and a corrupted (truncated) file. The main run uses 2 workers and
+kills the worker running one good case in the middle of it (test-only hook): the cohort must finish, the case be
+retried, and no output be half-written. Reruns check resume (outputs untouched, by checksum) and --retry-failed;
+a 1-worker run checks the transforms are identical to the 2-worker run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    import distributed  # noqa: F401  (CI installs the batch extra: never skip there)
+else:
+    pytest.importorskip("distributed", reason="the batch extra (dask[distributed]) is not installed")
+
+from CrossModalRegLib import simulation as sim  # noqa: E402
+from CrossModalRegLib.batch import check_complete, run_cohort  # noqa: E402
+from CrossModalRegLib.batch.case import TEST_CRASH_ENV  # noqa: E402
+
+GOOD_2D = [f"bw{i:02d}" for i in range(1, 8)]
+GOOD = GOOD_2D + ["mni01"]
+CRASHED = "bw03"
+DEFORMABLE = "bw07"
+FAST = {"stages.0.optimizer.iterations": 100}
+
+
+def _write_landmarks(path, pts):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "x_lps", "y_lps", "z_lps"])
+        for i, p in enumerate(pts):
+            p = list(map(float, p)) + [0.0] * (3 - len(p))
+            w.writerow([f"L{i + 1}", *p])
+
+
+def build_cohort(shared_data, folder) -> str:
+    """Write the images, landmarks, labels, a preset and cohort.csv into ``folder``; return the CSV path."""
+    os.makedirs(folder, exist_ok=True)
+    bw = shared_data / "brainweb2d"
+    fixed = sitk.Cast(sitk.ReadImage(str(bw / "BrainT1SliceBorder20.mha")), sitk.sitkFloat32)
+    pd = sitk.Cast(sitk.ReadImage(str(bw / "BrainProtonDensitySliceBorder20.mha")), sitk.sitkFloat32)
+    mask = sitk.ReadImage(str(bw / "BrainProtonDensitySliceBorder20Mask.mha"))
+    labels = sitk.Cast(sitk.OtsuMultipleThresholds(fixed, 2) + 1, sitk.sitkUInt8) * sitk.Cast(mask > 0, sitk.sitkUInt8)
+    sitk.WriteImage(fixed, os.path.join(folder, "fixed.mha"))
+    sitk.WriteImage(labels, os.path.join(folder, "fixed_labels.mha"))
+    center = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed.GetSize()])
+    rows = []
+    for i, cid in enumerate(GOOD_2D):
+        rng = np.random.RandomState(100 + i)
+        tx = sim.random_rigid_transform(rng, center=center, max_angle_deg=10.0, max_translation_mm=10.0, dim=2)
+        moving = sim.simulate_pair(pd, tx, spacing=(1.0, 1.0), rng=np.random.RandomState(i), fov_crop=0.0)
+        sitk.WriteImage(moving, os.path.join(folder, f"{cid}_pd.mha"))
+        row = {"case_id": cid, "fixed": "fixed.mha", "moving": f"{cid}_pd.mha"}
+        if i % 2 == 0:
+            pts = sim.points_in_mask(mask, 8, rng)
+            _write_landmarks(os.path.join(folder, f"{cid}_fixed_lm.csv"), pts)
+            _write_landmarks(os.path.join(folder, f"{cid}_moving_lm.csv"),
+                             [tx.TransformPoint(tuple(map(float, p))) for p in pts])
+            row.update(fixed_landmarks=f"{cid}_fixed_lm.csv", moving_landmarks=f"{cid}_moving_lm.csv")
+        if i % 3 == 0:
+            ml = sim.simulate_pair(labels, tx, spacing=(1.0, 1.0), rng=np.random.RandomState(i), fov_crop=0.0,
+                                   interpolator=sitk.sitkNearestNeighbor, default_value=0)
+            sitk.WriteImage(ml, os.path.join(folder, f"{cid}_labels.mha"))
+            row.update(fixed_labels="fixed_labels.mha", moving_labels=f"{cid}_labels.mha")
+        if cid == DEFORMABLE:
+            row["preset"] = "small_deformable.json"
+        rows.append(row)
+    # a small 3D pair: MNI152 T1 at 3 mm against a simulated T2 on its own 3x3x4 mm grid, tissue labels for Dice
+    mni = shared_data / "mni152"
+    t1, gm, wm = (sitk.BinShrink(sitk.ReadImage(str(mni / f"mni_icbm152_{n}_tal_nlin_sym_09a_converted.nii.gz"),
+                                                sitk.sitkFloat32), [3, 3, 3]) for n in ("t1", "gm", "wm"))
+    model = sim._tissues_from_t1(t1, gm / 255.0, wm / 255.0)
+    rng = np.random.RandomState(7)
+    t2 = sim.render(model, "t2", rng=rng)
+    c3 = t1.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in t1.GetSize()])
+    tx3 = sim.random_rigid_transform(rng, center=c3, max_angle_deg=10.0, max_translation_mm=10.0)
+    sitk.WriteImage(t1, os.path.join(folder, "mni01_t1.nii.gz"))
+    sitk.WriteImage(sim.simulate_pair(t2, tx3, spacing=(3, 3, 4), rng=np.random.RandomState(3)),
+                    os.path.join(folder, "mni01_t2.nii.gz"))
+    brain = sitk.Cast((model.labels >= sim.CSF) * model.labels, sitk.sitkUInt8)
+    sitk.WriteImage(brain, os.path.join(folder, "mni01_t1_labels.nii.gz"))
+    sitk.WriteImage(sim.simulate_pair(brain, tx3, spacing=(3, 3, 4), rng=np.random.RandomState(3),
+                                      interpolator=sitk.sitkNearestNeighbor, default_value=0),
+                    os.path.join(folder, "mni01_t2_labels.nii.gz"))
+    rows.append({"case_id": "mni01", "fixed": "mni01_t1.nii.gz", "moving": "mni01_t2.nii.gz",
+                 "fixed_labels": "mni01_t1_labels.nii.gz", "moving_labels": "mni01_t2_labels.nii.gz"})
+    # planted failure 1: the moving image is 5 m away and the case's preset trusts the scanner coordinates
+    far = sitk.ReadImage(os.path.join(folder, "bw01_pd.mha"))
+    far.SetOrigin(tuple(o + 5000.0 for o in far.GetOrigin()))
+    sitk.WriteImage(far, os.path.join(folder, "far_pd.mha"))
+    presets_dir = os.path.join(os.path.dirname(sim.__file__), "presets")
+    with open(os.path.join(presets_dir, "multimodal-deformable.json")) as f:
+        small = json.load(f)  # the shipped deformable preset, made quick: no rotation search, coarse levels
+    small["name"] = "small-deformable"
+    small["initialization"]["rotation_search"]["enabled"] = False
+    for stage in small["stages"]:
+        stage.pop("level_spacing_mm", None)
+        stage["shrink_factors"], stage["smoothing_sigmas_mm"] = [4, 2], [2.0, 1.0]
+        stage.pop("sampling", None)  # every voxel of these small 2D images
+        stage.pop("mesh_scale_factors", None)
+        if stage["type"] == "bspline":
+            stage["optimizer"]["iterations"] = 20
+    with open(os.path.join(folder, "small_deformable.json"), "w") as f:
+        json.dump(small, f)
+    with open(os.path.join(presets_dir, "multimodal-rigid.json")) as f:
+        preset = json.load(f)
+    preset["name"] = "rigid-scanner-coordinates"
+    preset["initialization"] = {"method": "none"}
+    with open(os.path.join(folder, "scanner_rigid.json"), "w") as f:
+        json.dump(preset, f)
+    rows.append({"case_id": "nooverlap", "fixed": "fixed.mha", "moving": "far_pd.mha", "preset": "scanner_rigid.json"})
+    # planted failure 2: a truncated image file
+    with open(os.path.join(folder, "bw02_pd.mha"), "rb") as f:
+        data = f.read()
+    with open(os.path.join(folder, "corrupt_pd.mha"), "wb") as f:
+        f.write(data[: len(data) // 2])
+    rows.append({"case_id": "corrupt", "fixed": "fixed.mha", "moving": "corrupt_pd.mha"})
+    cols = ["case_id", "fixed", "moving", "fixed_landmarks", "moving_landmarks", "fixed_labels", "moving_labels",
+            "preset"]
+    path = os.path.join(folder, "cohort.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def tree_state(folder) -> dict:
+    """{relative path: (sha256, mtime_ns)} of every file under ``folder``."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            p = os.path.join(root, name)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, folder)] = (hashlib.sha256(f.read()).hexdigest(), os.stat(p).st_mtime_ns)
+    return out
+
+
+def transform_params(case_dir):
+    tx = sitk.ReadTransform(os.path.join(case_dir, "transform.h5"))
+    comps = [tx.GetNthTransform(i) for i in range(tx.GetNumberOfTransforms())] if tx.GetName() == "CompositeTransform" else [tx]
+    return np.concatenate([np.r_[c.GetParameters(), c.GetFixedParameters()] for c in comps])
+
+
+@pytest.fixture(scope="module")
+def cohort_csv(shared_data, tmp_path_factory):
+    return build_cohort(shared_data, str(tmp_path_factory.mktemp("cohort")))
+
+
+@pytest.fixture(scope="module")
+def main_run(cohort_csv, tmp_path_factory):
+    """2 workers; the worker running CRASHED dies (os._exit) mid-case on its first attempt."""
+    out = str(tmp_path_factory.mktemp("out2"))
+    marker = os.path.join(out + "-crash-marker")
+    os.environ[TEST_CRASH_ENV] = f"{CRASHED}:{marker}"
+    try:
+        run = run_cohort(cohort_csv, out, workers=2, overrides=FAST, profile="neuro", progress=True,
+                         dashboard_address=":0")
+    finally:
+        os.environ.pop(TEST_CRASH_ENV, None)
+    return run, out, marker
+
+
+def test_good_cases_succeed_and_planted_failures_are_flagged(main_run):
+    run, out, _ = main_run
+    assert len(run.records) == 10
+    for cid in GOOD:
+        rec = run.record(cid)
+        assert rec["status"] == "ok", (cid, rec["failure_reason"])
+        assert rec["sanity_passed"] is True
+        ok, why = check_complete(os.path.join(out, "cases", cid))
+        assert ok, why
+        assert os.path.isfile(os.path.join(out, "cases", cid, "transform.h5"))
+        assert rec["metric_improvement"] > 0
+    assert sorted(run.failed) == ["corrupt", "nooverlap"]
+    nov, bad = run.record("nooverlap"), run.record("corrupt")
+    assert nov["failure_kind"] == "no_overlap" and "do not overlap" in nov["failure_reason"]
+    assert bad["failure_kind"] == "input" and "corrupt_pd.mha" in bad["failure_reason"]
+    for rec in (nov, bad):
+        assert rec["needs_review"] and rec["review_reason"].startswith("failed (")
+        ok, why = check_complete(os.path.join(out, "cases", rec["case_id"]))
+        assert ok, why  # a failed case is a complete folder too (its qc.json says why)
+    # TRE where landmarks were given, Dice where labels were; a deformable result has Jacobian statistics
+    assert run.record("bw01")["tre_mean_mm"] < 1.5 < run.record("bw01")["tre_before_mean_mm"]
+    assert run.record("bw04")["dice_mean"] > 0.8
+    assert run.record("mni01")["dice_mean"] > 0.6
+    assert run.record(DEFORMABLE)["jacobian_min"] is not None
+    assert run.record("bw02")["tre_mean_mm"] is None  # no landmarks there
+
+
+def test_qc_table_and_report(main_run):
+    run, out, _ = main_run
+    with open(os.path.join(out, "cohort_qc.tsv")) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [r["case_id"] for r in rows] == GOOD_2D + ["mni01", "nooverlap", "corrupt"]
+    by_id = {r["case_id"]: r for r in rows}
+    assert by_id["corrupt"]["needs_review"] == "true" and by_id["corrupt"]["failure_kind"] == "input"
+    assert by_id["nooverlap"]["needs_review"] == "true" and "no_overlap" in by_id["nooverlap"]["review_reason"]
+    assert os.path.isfile(os.path.join(out, "cohort_qc.schema.tsv"))
+    with open(os.path.join(out, "cohort_report.html"), encoding="utf-8") as f:
+        page = f.read()
+    assert page.count("<svg") >= 3
+    assert "src='http" not in page and "<script" not in page and "<link" not in page  # self-contained
+    flagged_with_pictures = [r for r in run.records if r["needs_review"] and r["status"] == "ok"]
+    assert page.count("data:image/png;base64,") == len(flagged_with_pictures)
+    with open(os.path.join(out, "cohort_summary.json")) as f:
+        summary = json.load(f)
+    assert summary["cases"] == 10 and sorted(summary["failed"]) == ["corrupt", "nooverlap"]
+
+
+def test_killed_worker_case_is_retried_and_nothing_is_half_written(main_run):
+    run, out, marker = main_run
+    assert os.path.isfile(marker), "the crash hook did not fire"
+    rec = run.record(CRASHED)
+    assert rec["status"] == "ok" and rec["attempts"] == 2
+    names = os.listdir(os.path.join(out, "cases"))
+    assert sorted(names) == sorted(GOOD + ["nooverlap", "corrupt"])  # no staging or partial folder left
+    for cid in names:
+        ok, why = check_complete(os.path.join(out, "cases", cid))
+        assert ok, (cid, why)
+
+
+def test_rerun_skips_finished_cases_and_resumes_an_interrupted_one(main_run, cohort_csv, tmp_path):
+    _, out0, _ = main_run
+    out = str(tmp_path / "resume")
+    shutil.copytree(out0, out)
+    # an interruption: bw05's folder lost its DONE marker (never finished) and a killed worker's staging folder
+    os.remove(os.path.join(out, "cases", "bw05", "DONE"))
+    os.makedirs(os.path.join(out, "cases", ".staging-bw06-deadbeef", "scene"))
+    before = tree_state(os.path.join(out, "cases"))
+    run = run_cohort(cohort_csv, out, workers=2, overrides=FAST, profile="neuro", dashboard_address=":0")
+    assert run.ran == ["bw05"]
+    assert sorted(run.skipped) == sorted(c for c in GOOD + ["nooverlap", "corrupt"] if c != "bw05")
+    after = tree_state(os.path.join(out, "cases"))
+    untouched = {k: v for k, v in before.items() if not k.startswith(("bw05", ".staging"))}
+    assert {k: after[k] for k in untouched} == untouched  # same bytes, same modification times
+    assert not os.path.exists(os.path.join(out, "cases", ".staging-bw06-deadbeef"))
+    assert check_complete(os.path.join(out, "cases", "bw05"))[0]
+    assert np.array_equal(transform_params(os.path.join(out, "cases", "bw05")),
+                          transform_params(os.path.join(out0, "cases", "bw05")))
+    # --retry-failed runs only the two failed cases (they fail again, for the same reasons)
+    before = tree_state(os.path.join(out, "cases"))
+    run = run_cohort(cohort_csv, out, workers=2, overrides=FAST, retry_failed=True, progress=False,
+                     dashboard_address=":0")
+    assert sorted(run.ran) == ["corrupt", "nooverlap"]
+    assert run.record("nooverlap")["failure_kind"] == "no_overlap" and run.record("corrupt")["failure_kind"] == "input"
+    after = tree_state(os.path.join(out, "cases"))
+    assert {k: v for k, v in after.items() if k.split(os.sep)[0] in GOOD} == \
+        {k: v for k, v in before.items() if k.split(os.sep)[0] in GOOD}
+
+
+def test_one_worker_gives_identical_results(main_run, cohort_csv, tmp_path):
+    _, out2, _ = main_run
+    out1 = str(tmp_path / "one")
+    run = run_cohort(cohort_csv, out1, workers=1, overrides=FAST, pictures=False, progress=False,
+                     dashboard_address=":0")
+    assert run.workers == 1 and sorted(run.failed) == ["corrupt", "nooverlap"]
+    for cid in GOOD:
+        a = transform_params(os.path.join(out1, "cases", cid))
+        b = transform_params(os.path.join(out2, "cases", cid))
+        assert np.array_equal(a, b), (cid, np.abs(a - b).max())
+        with open(os.path.join(out2, "cases", cid, "qc.json")) as f:
+            assert run.record(cid)["final_metric"] == json.load(f)["final_metric"]
+
+
+def test_command_line_reports_and_exit_status(main_run, cohort_csv, tmp_path, capsys):
+    from CrossModalRegLib import cli
+
+    _, out0, _ = main_run
+    out = str(tmp_path / "cli")
+    shutil.copytree(out0, out)
+    code = cli.main(["batch", cohort_csv, "--output-dir", out, "--workers", "1", "--no-progress",
+                     "--set", "stages.0.optimizer.iterations=100"])
+    assert code == 3  # some cases failed; all recorded, nothing run again
+    assert "8/10 case(s) succeeded, 2 failed" in capsys.readouterr().out
