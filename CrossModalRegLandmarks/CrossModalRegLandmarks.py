@@ -40,7 +40,7 @@ class CrossModalRegLandmarks(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("CrossModalReg Landmarks")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
-        self.parent.dependencies = ["Markups"]
+        self.parent.dependencies = ["Markups", "CrossModalReg"]  # CrossModalReg puts CrossModalRegLib on the path
         self.parent.contributors = ["CrossModalReg developers"]
         self.parent.helpText = _(
             "Annotate the landmarks of a protocol as a named annotator on the fixed and the moving image; every "

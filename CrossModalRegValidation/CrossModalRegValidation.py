@@ -43,7 +43,7 @@ class CrossModalRegValidation(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("CrossModalReg Validation")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["CrossModalReg"]  # CrossModalReg puts CrossModalRegLib on the path
         self.parent.contributors = ["CrossModalReg developers"]
         self.parent.helpText = _(
             "Validate any registration transform (linear, B-spline, grid, composite; ours, elastix, ANTs, "

@@ -10,7 +10,17 @@ EXTRAS="${2:-}"
 PY="${PYTHON:-python3}"
 "$PY" -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or later is required"'
 if [ ! -x "$VENV/bin/python" ]; then
-  "$PY" -m venv "$VENV"
+  if ! "$PY" -m venv "$VENV" >/dev/null 2>&1; then
+    # Debian's python3 ships venv/ensurepip separately.
+    rm -rf "$VENV"
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    else
+      echo "python3 -m venv failed: install Debian's python3-venv (sudo apt-get install python3-venv)" >&2
+      exit 1
+    fi
+    "$PY" -m venv "$VENV"
+  fi
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 if [ -n "$EXTRAS" ]; then
