@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from . import initialization, presets, sanity
 from .errors import CrossModalRegError, RegistrationCancelled, RegistrationFailed
+from .metrics import metric_method
 from .preprocessing import check_image, check_mask, preprocess
 from .progress import ProgressTracker
 from .provenance import now_iso, sha256_of_image, software_versions
@@ -117,24 +118,6 @@ def _cancel_checker(cancel):
     raise TypeError("cancel must be None, a threading.Event-like object or a callable returning bool")
 
 
-def _set_metric(method, metric: dict):
-    name = metric["name"]
-    if name == "mattes":
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(metric.get("bins", 32)))
-    elif name == "joint_histogram_mi":
-        method.SetMetricAsJointHistogramMutualInformation(
-            numberOfHistogramBins=int(metric.get("bins", 32)), varianceForJointPDFSmoothing=float(metric.get("variance", 1.5))
-        )
-    elif name == "ants_neighborhood_correlation":
-        method.SetMetricAsANTSNeighborhoodCorrelation(radius=int(metric.get("radius", 2)))
-    elif name == "correlation":
-        method.SetMetricAsCorrelation()
-    elif name == "mean_squares":
-        method.SetMetricAsMeanSquares()
-    else:  # validated before
-        raise CrossModalRegError(f"unknown metric {name}")
-
-
 def _level_factors(fixed: sitk.Image, stage: dict) -> list[float]:
     """Per level, the linear down-sampling factor relative to the fixed image's finest spacing (>= 1)."""
     levels, _ = _levels(stage)
@@ -158,16 +141,6 @@ def _sampling_percentages(fixed: sitk.Image, stage: dict) -> list[float]:
     if sampling.get("percentage_per_level"):
         return [min(1.0, float(p)) for p in sampling["percentage_per_level"]]
     return [min(1.0, float(sampling.get("percentage", 1.0)))] * len(shrink)
-
-
-def _set_sampling(method, fixed, stage: dict, seed: int):
-    strategy = stage.get("sampling", {}).get("strategy", "random")
-    pcts = _sampling_percentages(fixed, stage)
-    if strategy == "none" or min(pcts) >= 1.0:
-        method.SetMetricSamplingStrategy(method.NONE)
-        return
-    method.SetMetricSamplingStrategy(method.REGULAR if strategy == "regular" else method.RANDOM)
-    method.SetMetricSamplingPercentagePerLevel(pcts, seed)
 
 
 def _set_optimizer(method, opt: dict, stage_type: str):
@@ -474,23 +447,9 @@ def register(
         max_iter = int(stage.get("optimizer", {}).get("iterations", 100))
 
         def make_method(sampling_pcts, seed_offset, stage=stage):
-            method = sitk.ImageRegistrationMethod()
-            _set_metric(method, stage["metric"])
-            strategy = stage.get("sampling", {}).get("strategy", "random")
-            if strategy == "none" or min(sampling_pcts) >= 1.0:
-                method.SetMetricSamplingStrategy(method.NONE)
-            else:
-                method.SetMetricSamplingStrategy(method.REGULAR if strategy == "regular" else method.RANDOM)
-                method.SetMetricSamplingPercentagePerLevel(list(sampling_pcts), int(seed + seed_offset))
-            method.SetInterpolator(sitk.sitkLinear)
-            # Gradients at the sampled points only, not a gradient image of every voxel at every level.
-            method.MetricUseFixedImageGradientFilterOff()
-            method.MetricUseMovingImageGradientFilterOff()
-            if fixed_mask is not None:
-                method.SetMetricFixedMask(fixed_mask)
-            if moving_mask is not None:
-                method.SetMetricMovingMask(moving_mask)
-            return method
+            return metric_method(stage["metric"], strategy=stage.get("sampling", {}).get("strategy", "random"),
+                                 fractions_per_level=sampling_pcts, seed=seed + seed_offset,
+                                 fixed_mask=fixed_mask, moving_mask=moving_mask)
 
         def run(method, fixed_img, moving_img, make_preview, level_of, si=si, stage_type=stage_type, state=state,
                 level_start=level_start, level_width=level_width, n_levels=len(shrink), max_iter=max_iter):

@@ -155,7 +155,7 @@ def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=No
     ``max_angle_deg`` about each axis), then refines the ``top_k`` best with a short rigid optimisation at that
     resolution and keeps the best. Returns (transform fixed -> moving LPS, info dict).
     """
-    from .engine import _set_metric  # local import: engine imports this module
+    from .metrics import metric_method
 
     dim = fixed.GetDimension()
     coarse_mm = float(config.get("coarse_spacing_mm", 6.0 if dim == 3 else 3.0))
@@ -191,21 +191,8 @@ def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=No
         return tx
 
     def new_method():
-        method = sitk.ImageRegistrationMethod()
-        _set_metric(method, metric)
-        method.MetricUseFixedImageGradientFilterOff()
-        method.MetricUseMovingImageGradientFilterOff()
-        if sample_fraction < 1.0:
-            method.SetMetricSamplingStrategy(method.REGULAR)
-            method.SetMetricSamplingPercentage(sample_fraction, int(seed))
-        else:
-            method.SetMetricSamplingStrategy(method.NONE)
-        method.SetInterpolator(sitk.sitkLinear)
-        if fm is not None:
-            method.SetMetricFixedMask(fm)
-        if mm is not None:
-            method.SetMetricMovingMask(mm)
-        return method
+        return metric_method(metric, fraction=sample_fraction, strategy="regular", seed=int(seed), fixed_mask=fm,
+                             moving_mask=mm)
 
     scores = []
     method = new_method()

@@ -82,13 +82,13 @@ def now_iso() -> str:
 def write_json_atomic(path: str, obj) -> str:
     tmp = path + ".partial"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+        json.dump(obj, f, indent=2, sort_keys=False, default=json_default)
         f.write("\n")
     os.replace(tmp, path)
     return path
 
 
-def _json_default(o):
+def json_default(o):
     import numpy as np
 
     if isinstance(o, (np.integer,)):
@@ -97,4 +97,4 @@ def _json_default(o):
         return float(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+    return str(o)  # a record must never make a finished run fail

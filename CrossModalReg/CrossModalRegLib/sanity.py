@@ -54,28 +54,14 @@ def evaluate_metric(fixed, moving, transform, metric: dict, *, fixed_mask=None, 
 
     Pass images from :func:`smoothed_for_evaluation` to compare a start and an end.
     """
-    from .engine import _set_metric
+    from .metrics import metric_method
 
-    method = sitk.ImageRegistrationMethod()
-    _set_metric(method, metric)
-    method.MetricUseFixedImageGradientFilterOff()
-    method.MetricUseMovingImageGradientFilterOff()
     # Evaluate on a copy of at most ~1 M voxels (2 mm for a 1 mm brain): enough to compare start and end.
     factor = int(max(1, np.floor((np.prod(fixed.GetSize()) / 1.0e6) ** (1.0 / fixed.GetDimension()))))
     if factor > 1:
         fixed = sitk.Shrink(fixed, [factor] * fixed.GetDimension())
-    n = float(np.prod(fixed.GetSize()))
-    pct = min(1.0, max_samples / n)
-    if pct < 1.0:
-        method.SetMetricSamplingStrategy(method.RANDOM)
-        method.SetMetricSamplingPercentage(pct, int(seed))
-    else:
-        method.SetMetricSamplingStrategy(method.NONE)
-    method.SetInterpolator(sitk.sitkLinear)
-    if fixed_mask is not None:
-        method.SetMetricFixedMask(fixed_mask)
-    if moving_mask is not None:
-        method.SetMetricMovingMask(moving_mask)
+    method = metric_method(metric, fraction=min(1.0, max_samples / float(np.prod(fixed.GetSize()))), seed=int(seed),
+                           fixed_mask=fixed_mask, moving_mask=moving_mask)
     method.SetInitialTransform(transform, inPlace=False)
     try:
         return float(method.MetricEvaluate(fixed, moving))

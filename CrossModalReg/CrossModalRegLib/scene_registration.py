@@ -23,6 +23,7 @@ import slicer
 
 from . import engine, mrml
 from .errors import CrossModalRegError
+from .provenance import json_default
 from .tables import Column, table_node_from_rows
 
 PROVENANCE_REFERENCE = "CrossModalReg.provenance"
@@ -204,7 +205,7 @@ def register_volume_nodes(
         }
         text = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{output_transform_node.GetName()} provenance")
         created.append(text)
-        text.SetText(json.dumps(provenance, indent=2, default=_json_default))
+        text.SetText(json.dumps(provenance, indent=2, default=json_default))
         output_transform_node.SetNodeReferenceID(PROVENANCE_REFERENCE, text.GetID())
         outputs.provenance_node = text
 
@@ -284,17 +285,6 @@ def _embed_2d_deformable(tx, sitk):
     field.SetOrigin((float(origin[0]), float(origin[1]), 0.0))
     field.SetDirection(tuple(d3.ravel()))
     return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
 
 
 def checkerboard_volume(scene, fixed_node, moving_node, *, squares: int = 8, node=None, name: str | None = None):
