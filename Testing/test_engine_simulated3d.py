@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from CrossModalRegLib import engine, simulation
-from CrossModalRegLib.geometry import image_ijk_to_lps_matrix
+from CrossModalRegLib.geometry import fsl_flirt_matrix_to_world_lps
 
 GRIDS = {"ct": (0.9, 0.9, 2.0), "t2": (1.0, 1.2, 3.0), "pet": (2.5, 2.5, 3.0)}
 PRESETS = {"ct": "ct-mr-rigid", "t2": "mr-t1-t2-rigid", "pet": "mr-pet-rigid"}
@@ -46,26 +46,9 @@ def test_simulated_pair_registers_with_mean_tre_under_1mm(anatomies, anatomy, mo
 
 
 def _flirt_moving_to_fixed_lps(shared_data, epi, t1):
-    """FSL FLIRT's highres -> example_func matrix as a world (LPS) transform T1 -> EPI.
-
-    FLIRT works in 'scaled voxel' coordinates (voxel index times voxel size, x flipped when the image's
-    voxel-to-world matrix has a positive determinant); world = index-to-LPS matrix applied to the index.
-    """
-    def scaled(img):
-        n = np.array(img.GetSize())
-        sp = np.array(img.GetSpacing())
-        a = image_ijk_to_lps_matrix(img)
-        s = np.diag([*sp, 1.0])
-        if np.linalg.det(np.diag([-1.0, -1.0, 1.0]) @ a[:3, :3]) > 0:
-            flip = np.eye(4)
-            flip[0, 0], flip[0, 3] = -1.0, (n[0] - 1) * sp[0]
-            s = flip @ s
-        return s, a
-
+    """FSL FLIRT's highres -> example_func matrix as a world (LPS) transform T1 -> EPI."""
     m = np.loadtxt(str(shared_data / "epi_t1" / "highres2example_func.mat"))
-    s_e, a_e = scaled(epi)
-    s_t, a_t = scaled(t1)
-    return a_e @ np.linalg.inv(s_e) @ m @ s_t @ np.linalg.inv(a_t)
+    return fsl_flirt_matrix_to_world_lps(m, t1, epi)
 
 
 def test_real_epi_t1_pair_lands_within_2mm_of_flirt_over_the_brain(shared_data):

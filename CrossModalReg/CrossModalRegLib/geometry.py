@@ -97,3 +97,30 @@ def transform_points(transform: sitk.Transform, points) -> np.ndarray:
     """Apply a SimpleITK transform to an (N, dim) array of points (in the transform's frame, usually LPS)."""
     pts = np.atleast_2d(np.asarray(points, dtype=float))
     return np.array([transform.TransformPoint(tuple(map(float, p))) for p in pts])
+
+
+def fsl_flirt_matrix_to_world_lps(matrix, source: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """An FSL FLIRT matrix (``source`` -> ``reference``, FSL's scaled-voxel convention) as a 4x4 world transform
+    mapping SOURCE points to REFERENCE points in LPS mm.
+
+    FLIRT works in 'scaled voxel' coordinates: voxel index times voxel size, with the first axis mirrored
+    (i -> n_i - 1 - i) when the image's RAS voxel-to-world matrix has a positive determinant (the usual NIfTI
+    storage). With A the index -> LPS matrix ITK reads and S the index -> scaled-voxel matrix of each image:
+    ``world_ref = A_ref S_ref^-1 M S_src A_src^-1 world_src``. (FLIRT's ``-in`` is the source, ``-ref`` the
+    reference; a registration result fixed -> moving with fixed = reference is the inverse of this matrix.)
+    """
+
+    def scaled(img):
+        n = np.array(img.GetSize())
+        sp = np.array(img.GetSpacing())
+        a = image_ijk_to_lps_matrix(img)
+        s = np.diag([*sp, 1.0])
+        if np.linalg.det(F3 @ a[:3, :3]) > 0:
+            flip = np.eye(4)
+            flip[0, 0], flip[0, 3] = -1.0, (n[0] - 1) * sp[0]
+            s = flip @ s
+        return s, a
+
+    s_src, a_src = scaled(source)
+    s_ref, a_ref = scaled(reference)
+    return a_ref @ np.linalg.inv(s_ref) @ np.asarray(matrix, float) @ s_src @ np.linalg.inv(a_src)

@@ -133,7 +133,8 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
                          landmark_labels=None, initial_transform=None, seed: int = engine.DEFAULT_SEED,
                          overrides=None, rotation_search=None, progress=None, cancel=None, overwrite: bool = False,
                          input_files: dict | None = None, extra_provenance: dict | None = None,
-                         use_landmarks_for_initialization: bool = True, strict: bool = True, pictures: bool = True):
+                         use_landmarks_for_initialization: bool = True, strict: bool = True, pictures: bool = True,
+                         threads: int | None = 1):
     """Register and write the complete output folder atomically; return (result, output_dir)."""
     from .headless import HeadlessSlicer
     from .mrml import (
@@ -153,7 +154,7 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
             fixed_landmarks=fixed_landmarks if use_landmarks_for_initialization else None,
             moving_landmarks=moving_landmarks if use_landmarks_for_initialization else None,
             initial_transform_fixed_to_moving=initial_transform, seed=seed, overrides=overrides,
-            rotation_search=rotation_search, progress=progress, cancel=cancel, strict=strict,
+            rotation_search=rotation_search, progress=progress, cancel=cancel, strict=strict, threads=threads,
         )
         tx = result.transform_fixed_to_moving_lps
         sitk.WriteTransform(tx, os.path.join(tmp, "transform.h5"))
