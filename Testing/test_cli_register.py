@@ -116,3 +116,16 @@ def test_demo_runs_on_built_in_data_and_reports_tre_under_one_millimetre(tmp_pat
         assert case["misalignment_deg"] > 10.0
         assert case["tre_brain_mean_mm"] < 1.0, case
     assert "TRE" in proc.stdout and (out / "ct_to_mr" / "transform.h5").is_file()
+
+
+def test_a_truncated_compressed_image_is_refused_not_registered(tmp_path, shared_data, capsys):
+    """ITK silently fills a truncated .nii.gz with zeros; the command must refuse it."""
+    data = (shared_data / "kmeans_t1" / "KmeansTest_T1UCharRaw.nii.gz").read_bytes()
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    code = cli.main(["register", "--fixed", str(shared_data / "kmeans_t1" / "KmeansTest_T1UCharRaw.nii.gz"),
+                     "--moving", str(broken), "--output-dir", str(out), "--no-progress"])
+    assert code == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert not out.exists()

@@ -32,9 +32,25 @@ from .provenance import sha256_of_file, write_json_atomic
 from .tables import write_tsv
 
 
+def _check_gzip_complete(path: str, role: str) -> None:
+    """ITK reads a truncated .gz image without complaint (the missing voxels come back as zeros): read the whole
+    compressed stream first so that a damaged file is refused instead of registered."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        raise CrossModalRegError(f"{role} image '{path}' is truncated or corrupt ({exc}): copy it again") from None
+
+
 def read_image(path: str, role: str) -> sitk.Image:
     if not path or not os.path.isfile(path):
         raise CrossModalRegError(f"{role} image '{path}' does not exist")
+    if path.lower().endswith(".gz"):
+        _check_gzip_complete(path, role)
     try:
         return sitk.ReadImage(path)
     except RuntimeError as exc:
