@@ -9,7 +9,6 @@ volume is placed under (see ``mrml.set_transform_fixed_to_moving``).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ import SimpleITK as sitk
 from . import initialization, presets, sanity
 from .errors import CrossModalRegError, RegistrationCancelled, RegistrationFailed
 from .metrics import metric_method
-from .preprocessing import check_image, check_mask, preprocess
+from .preprocessing import check_image, check_mask, foreground_mask, preprocess
 from .progress import ProgressTracker
 from .provenance import now_iso, sha256_of_image, software_versions
 
@@ -212,11 +211,7 @@ def _linear_transform_for(stage_type: str, dim: int, current: sitk.Transform) ->
 
     m = linear_transform_matrix_lps(current, dim)
     a, t = m[:dim, :dim], m[:dim, 3]
-    center = np.array(current.GetFixedParameters()[:dim]) if hasattr(current, "GetCenter") else np.zeros(dim)
-    try:
-        center = np.array(current.GetCenter())
-    except AttributeError:
-        pass
+    center = np.array(current.GetCenter()) if hasattr(current, "GetCenter") else np.zeros(dim)
     if stage_type == "rigid":
         tx = sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
         tx.SetCenter(tuple(center))
@@ -402,7 +397,9 @@ def register(
         current, init_info = initialization.initial_transform(
             fixed_p, moving_p, method_name, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks
         )
-    initialization.check_overlap(fixed_p, moving_p, current, fixed_mask=fixed_mask, when="after initialisation")
+    # Where the fixed image has something to overlap: its mask, else its Otsu foreground (used before and after).
+    overlap_region = fixed_mask if fixed_mask is not None else foreground_mask(fixed_p)
+    initialization.check_overlap(fixed_p, moving_p, current, fixed_mask=overlap_region, when="after initialisation")
     # The reference for "did the optimisation make it worse": the start before any search or optimisation.
     fixed_eval, moving_eval = sanity.smoothed_for_evaluation(fixed_p), sanity.smoothed_for_evaluation(moving_p)
     with _metric_threads(threads):
@@ -564,7 +561,7 @@ def register(
         result.final_metric = sanity.evaluate_metric(fixed_eval, moving_eval, final, stages[0]["metric"],
                                                      fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
     result.sanity = sanity.check_result(fixed_p, moving_p, final, initial_metric=result.initial_metric,
-                                        final_metric=result.final_metric, fixed_mask=fixed_mask)
+                                        final_metric=result.final_metric, fixed_mask=overlap_region)
     timings["sanity"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     result.timings_s = {k: round(v, 4) for k, v in timings.items()}
@@ -694,10 +691,3 @@ def _short_itk_error(exc: Exception) -> str:
         if "Description" in line or "description" in line:
             return line.split(":", 1)[-1].strip()
     return text[-1] if text else repr(exc)
-
-
-def angle_between_degrees(r1, r2) -> float:
-    """Angle in degrees of the rotation r1^T r2 (a helper for tests and benchmarks)."""
-    r = np.asarray(r1).T @ np.asarray(r2)
-    c = (np.trace(r) - (r.shape[0] - 2)) / 2.0 if r.shape[0] == 3 else r[0, 0]
-    return math.degrees(math.acos(max(-1.0, min(1.0, c))))

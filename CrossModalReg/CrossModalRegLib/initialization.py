@@ -144,8 +144,6 @@ def coarse_copy(image, spacing_mm: float) -> sitk.Image:
     return sitk.BinShrink(image, factors) if max(factors) > 1 else image
 
 
-_coarse = coarse_copy
-
 
 def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=None, moving_mask=None,
                     cancelled=lambda: False, report=lambda f: None):
@@ -164,8 +162,8 @@ def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=No
     step = float(config.get("step_deg", 15.0))
     top_k = int(config.get("top_k", 3))
     refine_iterations = int(config.get("refine_iterations", 60))
-    f_c = _coarse(fixed, coarse_mm)
-    m_c = _coarse(moving, coarse_mm)
+    f_c = coarse_copy(fixed, coarse_mm)
+    m_c = coarse_copy(moving, coarse_mm)
     fm = sitk.Resample(fixed_mask, f_c, sitk.Transform(), sitk.sitkNearestNeighbor) if fixed_mask is not None else None
     mm = sitk.Resample(moving_mask, m_c, sitk.Transform(), sitk.sitkNearestNeighbor) if moving_mask is not None else None
 
