@@ -124,3 +124,11 @@ def fsl_flirt_matrix_to_world_lps(matrix, source: sitk.Image, reference: sitk.Im
     s_src, a_src = scaled(source)
     s_ref, a_ref = scaled(reference)
     return a_ref @ np.linalg.inv(s_ref) @ np.asarray(matrix, float) @ s_src @ np.linalg.inv(a_src)
+
+
+def linear_transform_in_plane(transform: sitk.Transform) -> sitk.AffineTransform:
+    """The 2D (x, y) part of a linear 3D transform, for 2D images shown in Slicer as one-slice volumes (z = 0)."""
+    m3 = linear_transform_matrix_lps(transform, 3)
+    m2 = np.eye(4)
+    m2[:2, :2], m2[:2, 3] = m3[:2, :2], m3[:2, 3]
+    return affine_transform_from_matrix_lps(m2, 2)

@@ -23,6 +23,7 @@ import slicer
 
 from . import engine, mrml
 from .errors import CrossModalRegError
+from .geometry import linear_transform_in_plane
 from .provenance import json_default
 from .tables import Column, table_node_from_rows
 
@@ -137,12 +138,7 @@ def register_volume_nodes(
     if initial_transform_node is not None:
         initial = mrml.transform_fixed_to_moving_from_node(initial_transform_node)
         if fixed.GetDimension() == 2:
-            from .geometry import affine_transform_from_matrix_lps, linear_transform_matrix_lps
-
-            m3 = linear_transform_matrix_lps(initial, 3)
-            m2 = np.eye(4)
-            m2[:2, :2], m2[:2, 3] = m3[:2, :2], m3[:2, 3]
-            initial = affine_transform_from_matrix_lps(m2, 2)
+            initial = linear_transform_in_plane(initial)
 
     # ------------------------------------------------------------ scene state to restore on failure
     created = []
@@ -304,14 +300,9 @@ def checkerboard_volume(scene, fixed_node, moving_node, *, squares: int = 8, nod
     parent = moving_node.GetParentTransformNode()
     tx = mrml.transform_fixed_to_moving_from_node(parent) if parent is not None else sitk.Transform(3, sitk.sitkIdentity)
     if fixed.GetDimension() == 2:
-        from .geometry import affine_transform_from_matrix_lps, linear_transform_matrix_lps
-
         if not tx.IsLinear():
             raise CrossModalRegError("a checkerboard of 2D images needs a linear transform")
-        m3 = linear_transform_matrix_lps(tx, 3)
-        m2 = np.eye(4)
-        m2[:2, :2], m2[:2, 3] = m3[:2, :2], m3[:2, 3]
-        tx = affine_transform_from_matrix_lps(m2, 2)
+        tx = linear_transform_in_plane(tx)
     warped = sitk.Resample(sitk.Cast(moving, sitk.sitkFloat32), fixed, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
     def unit(a):

@@ -30,6 +30,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 
 from ..errors import CrossModalRegError, RegistrationFailed
+from ..provenance import sha256_of_file
 
 QC_FILE = "qc.json"
 DONE_FILE = "DONE"
@@ -66,12 +67,6 @@ def _now() -> str:
 
 
 # --------------------------------------------------------------------------------------------- DONE marker
-def _sha256(path: str) -> str:
-    from ..provenance import sha256_of_file
-
-    return sha256_of_file(path)
-
-
 def _list_files(folder: str) -> list[str]:
     out = []
     for root, dirs, files in os.walk(folder):
@@ -90,7 +85,7 @@ def write_done(folder: str, case_id: str) -> dict:
     files = {}
     for rel in _list_files(folder):
         p = os.path.join(folder, rel)
-        files[rel] = {"size": os.path.getsize(p), "sha256": _sha256(p)}
+        files[rel] = {"size": os.path.getsize(p), "sha256": sha256_of_file(p)}
     done = {"schema": "crossmodalreg-batch-done", "case_id": case_id, "finished": _now(), "files": files}
     write_json_atomic(os.path.join(folder, DONE_FILE), done)
     return done
@@ -115,7 +110,7 @@ def check_complete(folder: str, *, verify: str = "checksum") -> tuple[bool, str]
             return False, f"{rel} missing"
         if verify in ("size", "checksum") and os.path.getsize(p) != meta.get("size"):
             return False, f"{rel} changed size"
-        if verify == "checksum" and _sha256(p) != meta.get("sha256"):
+        if verify == "checksum" and sha256_of_file(p) != meta.get("sha256"):
             return False, f"{rel} changed (checksum)"
     return True, ""
 
@@ -270,7 +265,7 @@ def _validate(case, fixed, moving, result, landmarks, options: CaseOptions, stag
                       jacobian_fraction_folding=_finite(js["fraction_folding"]))
     report = validate(_embed_3d(tx), fixed=_as_3d(fixed), moving=_as_3d(moving), profile=profile,
                       jacobian="auto" if nonlinear and fixed.GetDimension() == 3 else "never",
-                      input_checksums={k: _sha256(v) for k, v in case.files().items()}, **kw)
+                      input_checksums={k: sha256_of_file(v) for k, v in case.files().items()}, **kw)
     vdir = os.path.join(staging, "validation")
     os.makedirs(vdir, exist_ok=True)
     write_tsv(os.path.join(vdir, "summary.tsv"), SUMMARY_COLUMNS, report.summary_rows())
