@@ -75,20 +75,15 @@ def read_landmarks_for(image: sitk.Image, path: str, role: str):
 
 
 def pair_by_label(fixed_labels, fixed_pts, moving_labels, moving_pts, *, truncate: bool = False):
-    """Pair landmarks by label. ``truncate`` pairs ANHIR-style files by row index up to the shorter length."""
+    """(fixed points, moving points, labels) paired by label (``landmarks.registration.pair_landmarks``: duplicate
+    or one-sided labels are refused). ``truncate`` pairs ANHIR-style files by row index up to the shorter length."""
     if truncate:
         n = min(len(fixed_pts), len(moving_pts))
         return fixed_pts[:n], moving_pts[:n], [str(v) for v in fixed_labels[:n]]
-    for name, labels in (("fixed", fixed_labels), ("moving", moving_labels)):
-        dup = sorted({x for x in labels if labels.count(x) > 1})
-        if dup:
-            raise CrossModalRegError(f"{name} landmarks have duplicate labels {dup}")
-    only_f = [x for x in fixed_labels if x not in moving_labels]
-    only_m = [x for x in moving_labels if x not in fixed_labels]
-    if only_f or only_m:
-        raise CrossModalRegError(f"landmarks must pair by label: only in fixed {only_f}, only in moving {only_m}")
-    mi = [moving_labels.index(x) for x in fixed_labels]
-    return fixed_pts, moving_pts[mi], list(fixed_labels)
+    from .landmarks.registration import pair_landmarks
+
+    labels, fixed, moving, _ = pair_landmarks(fixed_labels, fixed_pts, moving_labels, moving_pts)
+    return fixed, moving, labels
 
 
 class TerminalProgress:

@@ -51,27 +51,18 @@ class SceneRegistrationOutputs:
 
 
 def _paired_landmarks(fixed_node, moving_node):
-    """(fixed LPS, moving LPS, labels) of landmarks paired by label; clear errors for mismatches."""
+    """(fixed LPS, moving LPS, labels) of two markups nodes paired by label; clear errors for mismatches."""
+    from .landmarks.registration import pair_landmarks
+
     if fixed_node is None and moving_node is None:
         return None, None, []
     if fixed_node is None or moving_node is None:
         raise CrossModalRegError("landmark initialisation needs both a fixed and a moving landmark list")
     fl, fp = mrml.points_from_markups_node(fixed_node)
     ml, mp = mrml.points_from_markups_node(moving_node)
-    for name, labels in ((fixed_node.GetName(), fl), (moving_node.GetName(), ml)):
-        dup = sorted({x for x in labels if labels.count(x) > 1})
-        if dup:
-            raise CrossModalRegError(f"landmark list '{name}' has duplicate labels {dup}: rename them so each is unique")
-    common = [lab for lab in fl if lab in ml]
-    only_f = [lab for lab in fl if lab not in ml]
-    only_m = [lab for lab in ml if lab not in fl]
-    if only_f or only_m:
-        raise CrossModalRegError(
-            f"landmarks must pair by label: only in fixed {only_f}, only in moving {only_m}; place or rename them"
-        )
-    fi = [fl.index(lab) for lab in common]
-    mi = [ml.index(lab) for lab in common]
-    return fp[fi], mp[mi], common
+    labels, fixed, moving, _ = pair_landmarks(fl, fp, ml, mp, fixed_source=f"landmark list '{fixed_node.GetName()}'",
+                                              moving_source=f"landmark list '{moving_node.GetName()}'")
+    return fixed, moving, labels
 
 
 def set_overlay_layers(scene, fixed_node, moving_node, *, opacity: float = 0.5):
