@@ -108,10 +108,12 @@ def build_cohort(shared_data, folder) -> str:
     for stage in small["stages"]:
         stage.pop("level_spacing_mm", None)
         stage["shrink_factors"], stage["smoothing_sigmas_mm"] = [4, 2], [2.0, 1.0]
-        stage.pop("sampling", None)  # every voxel of these small 2D images
         stage.pop("mesh_scale_factors", None)
-        if stage["type"] == "bspline":
+        if stage["type"] == "bspline":  # new random samples every iteration: keep its sampling, one step per level
             stage["optimizer"]["iterations"] = 20
+            stage["optimizer"]["max_step_mm"] = 1.0
+        else:
+            stage.pop("sampling", None)  # every voxel of these small 2D images
     with open(os.path.join(folder, "small_deformable.json"), "w") as f:
         json.dump(small, f)
     with open(os.path.join(presets_dir, "multimodal-rigid.json")) as f:

@@ -19,6 +19,11 @@ Preprocessing keys (each optional): ``grey`` ("luminance" | "optical_density") f
 ``clip_range`` [lo, hi] in the image's units, ``clip_percentiles`` [lo, hi], ``n4_bias_correction``
 {"shrink": 4, "iterations": [...]}, ``smoothing_sigma_mm``.
 
+B-spline stages optimise with L-BFGS-B on a fixed sample set per level (``optimizer.name`` "lbfgsb"), or with
+adaptive stochastic gradient descent on new random samples every iteration (``"asgd"``: ``iterations``,
+``max_step_mm`` per level, ``A``, ``alpha``, ``average_last``; ``sampling.samples_per_iteration``;
+``regularization.bending_energy_weight``), see ``stochastic_bspline``.
+
 Metrics: ``mattes`` (Mattes mutual information, ``bins``), ``joint_histogram_mi`` (``bins``, ``variance``),
 ``ants_neighborhood_correlation`` (``radius``), ``correlation`` (normalized correlation), ``mean_squares``.
 """
@@ -150,3 +155,17 @@ def validate_preset(preset: dict, source: str = "<preset>") -> None:
         for key in ("percentage_per_level", "samples_per_level"):
             if key in sampling and len(sampling[key]) != len(shrink):
                 fail(f"stages[{i}].sampling.{key} needs one value per level ({len(shrink)})")
+        opt = st.get("optimizer", {})
+        if opt.get("name") == "asgd":
+            if t != "bspline" or metric != "mattes":
+                fail(f"stages[{i}]: the asgd optimizer is for bspline stages with the mattes metric")
+            if int(sampling.get("samples_per_iteration", 0)) < 64:
+                fail(f"stages[{i}]: asgd needs sampling.samples_per_iteration >= 64 (new samples every iteration)")
+            steps = opt.get("max_step_mm", 1.0)
+            steps = steps if isinstance(steps, list) else [steps]
+            if isinstance(opt.get("max_step_mm"), list) and len(steps) != len(shrink):
+                fail(f"stages[{i}].optimizer.max_step_mm needs one value per level ({len(shrink)}) or a single number")
+            if any(float(v) <= 0 for v in steps):
+                fail(f"stages[{i}].optimizer.max_step_mm must be positive")
+            if int(st.get("order", 3)) != 3:
+                fail(f"stages[{i}]: asgd supports cubic B-splines only (order 3)")

@@ -115,46 +115,6 @@ def rigid3d_cases(data, seeds, anatomies=("mni152", "colin27"), modalities=("ct"
 
 
 # ---------------------------------------------------------------------------- 3D simulated, deformable
-class _TruthWithInverse:
-    """Duck-typed transform for ``simulation.simulate_pair``: forward T (fixed -> moving) and its inverse."""
-
-    def __init__(self, forward, inverse):
-        self.forward, self.inverse = forward, inverse
-
-    def TransformPoint(self, p):  # noqa: N802 (SimpleITK naming)
-        return self.forward.TransformPoint(p)
-
-    def GetInverse(self):  # noqa: N802
-        return self.inverse
-
-
-def smooth_displacement(reference, rng, *, amplitude_mm=4.0, control_spacing_mm=24.0, spacing_mm=2.0):
-    """A random smooth displacement field over ``reference``'s extent: independent normal values on a coarse
-    grid (``control_spacing_mm``) interpolated by cubic B-splines onto a ``spacing_mm`` grid, scaled so that the
-    largest displacement is ``amplitude_mm`` (float64 vectors, same direction and origin as ``reference``)."""
-    size = np.array(reference.GetSize())
-    sp = np.array(reference.GetSpacing())
-    extent = (size - 1) * sp
-    n_fine = np.ceil(extent / spacing_mm).astype(int) + 1
-    n_coarse = np.ceil(extent / control_spacing_mm).astype(int) + 3
-    fine = sitk.Image([int(v) for v in n_fine], sitk.sitkFloat64)
-    fine.SetSpacing([spacing_mm] * 3)
-    comps = []
-    for _ in range(3):
-        c = sitk.GetImageFromArray(rng.normal(size=n_coarse[::-1]).astype(np.float64))
-        c.SetSpacing([control_spacing_mm] * 3)
-        c.SetOrigin([-control_spacing_mm] * 3)
-        comps.append(sitk.GetArrayFromImage(sitk.Resample(c, fine, sitk.Transform(), sitk.sitkBSpline, 0.0,
-                                                          sitk.sitkFloat64)))
-    vec = np.stack(comps, axis=-1).astype(np.float64)
-    vec *= amplitude_mm / np.linalg.norm(vec, axis=-1).max()
-    field = sitk.GetImageFromArray(vec, isVector=True)
-    field.SetSpacing([spacing_mm] * 3)
-    field.SetDirection(reference.GetDirection())
-    field.SetOrigin(reference.GetOrigin())
-    return field
-
-
 def deformable3d_cases(data, seeds, anatomies=("mni152", "colin27"), modality="t2", alternate=False,
                        amplitude_mm=6.0, n_targets=400):
     """T1 (fixed) vs a T2-like (or other) image of the same anatomy under a small rigid offset (<= 5 deg, 5 mm)
@@ -166,16 +126,10 @@ def deformable3d_cases(data, seeds, anatomies=("mni152", "colin27"), modality="t
             rng = np.random.RandomState(5000 + 1000 * seed + (0 if a == "mni152" else 7))
             rigid = simulation.random_rigid_transform(rng, center=_center(t1), max_angle_deg=5.0,
                                                       max_translation_mm=5.0)
-            field = smooth_displacement(t1, rng, amplitude_mm=amplitude_mm)
-            inv_field = sitk.InvertDisplacementField(field, maximumNumberOfIterations=50,
-                                                     maxErrorToleranceThreshold=0.01,
-                                                     meanErrorToleranceThreshold=0.001,
-                                                     enforceBoundaryCondition=False)
-            d = sitk.DisplacementFieldTransform(sitk.Image(field))
-            d_inv = sitk.DisplacementFieldTransform(sitk.Cast(inv_field, sitk.sitkVectorFloat64))
+            d, d_inv, field = simulation.random_smooth_deformation(t1, rng, amplitude_mm=amplitude_mm)
             forward = sitk.CompositeTransform([rigid, d])  # d first, then the rigid offset
             inverse = sitk.CompositeTransform([d_inv, rigid.GetInverse()])
-            truth = _TruthWithInverse(forward, inverse)
+            truth = simulation.TransformWithInverse(forward, inverse)
             moving = simulation.simulate_pair(simulation.render(model, modality, rng=rng), truth,
                                               spacing=DEFORMABLE_GRID, rng=rng)
             pts = simulation.points_in_mask(model.brain_mask(), n_targets, rng)
