@@ -112,6 +112,7 @@ def build_cohort(shared_data, folder) -> str:
         if stage["type"] == "bspline":  # new random samples every iteration: keep its sampling, one step per level
             stage["optimizer"]["iterations"] = 20
             stage["optimizer"]["max_step_mm"] = 1.0
+            stage["sampling"]["samples_per_iteration"] = 2048
         else:
             stage.pop("sampling", None)  # every voxel of these small 2D images
     with open(os.path.join(folder, "small_deformable.json"), "w") as f:

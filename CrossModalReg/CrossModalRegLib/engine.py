@@ -247,14 +247,19 @@ def _level_costs(fixed: sitk.Image, stage: dict) -> list[float]:
     if _is_stochastic(stage):
         # New samples every iteration: the cost is samples x iterations x the (order + 1)^dim control points each
         # sample touches (about 30 times a linear stage's cost per sample, measured on a 1 mm head).
-        n_samples = float(stage["sampling"]["samples_per_iteration"])
-        return [n_samples * iters * 30.0 for _ in shrink]
+        n_samples = _per_level(stage["sampling"]["samples_per_iteration"], len(shrink))
+        return [n * iters * 30.0 for n in n_samples]
     for s, p in zip(shrink, per_level):
         c = n / (s ** fixed.GetDimension()) * min(float(p), 1.0) * iters
         if stage["type"] == "bspline":
             c *= 3.0
         costs.append(max(c, 1.0))
     return costs
+
+
+def _per_level(value, n_levels: int) -> list[float]:
+    """A preset value given once for every level or as a list with one value per level."""
+    return [float(v) for v in value] if isinstance(value, list) else [float(value)] * n_levels
 
 
 def _is_stochastic(stage: dict) -> bool:
@@ -607,9 +612,8 @@ def _stochastic_bspline_stage(stage, si, fixed_p, moving_p, linear, mesh, pyrami
     scale_factors = [int(v) for v in stage.get("mesh_scale_factors", [1] * len(shrink))]
     opt = stage.get("optimizer", {})
     iterations = int(opt.get("iterations", 256))
-    steps = opt.get("max_step_mm", 1.0)
-    steps = [float(v) for v in (steps if isinstance(steps, list) else [steps] * len(shrink))]
-    n_samples = int(stage["sampling"]["samples_per_iteration"])
+    steps = _per_level(opt.get("max_step_mm", 1.0), len(shrink))
+    n_samples = [int(v) for v in _per_level(stage["sampling"]["samples_per_iteration"], len(shrink))]
     bending = float(stage.get("regularization", {}).get("bending_energy_weight", 0.0))
     previous = None
     for level, (factor, sigma, scale) in enumerate(zip(shrink, sigmas, scale_factors)):
@@ -647,7 +651,7 @@ def _stochastic_bspline_stage(stage, si, fixed_p, moving_p, linear, mesh, pyrami
 
         try:
             stop = sb.optimise_level(
-                opt_level, iterations=iterations, samples=n_samples, max_step_mm=steps[level],
+                opt_level, iterations=iterations, samples=n_samples[level], max_step_mm=steps[level],
                 a_offset=float(opt.get("A", 20.0)), alpha=float(opt.get("alpha", 0.602)), bending_weight=bending,
                 average_last=float(opt.get("average_last", 0.0)), on_iteration=on_iteration, cancelled=cancelled)
         except sb.ImagesApart as exc:

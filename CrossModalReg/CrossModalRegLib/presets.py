@@ -159,13 +159,12 @@ def validate_preset(preset: dict, source: str = "<preset>") -> None:
         if opt.get("name") == "asgd":
             if t != "bspline" or metric != "mattes":
                 fail(f"stages[{i}]: the asgd optimizer is for bspline stages with the mattes metric")
-            if int(sampling.get("samples_per_iteration", 0)) < 64:
-                fail(f"stages[{i}]: asgd needs sampling.samples_per_iteration >= 64 (new samples every iteration)")
-            steps = opt.get("max_step_mm", 1.0)
-            steps = steps if isinstance(steps, list) else [steps]
-            if isinstance(opt.get("max_step_mm"), list) and len(steps) != len(shrink):
-                fail(f"stages[{i}].optimizer.max_step_mm needs one value per level ({len(shrink)}) or a single number")
-            if any(float(v) <= 0 for v in steps):
-                fail(f"stages[{i}].optimizer.max_step_mm must be positive")
+            for where, value, low in (("sampling.samples_per_iteration", sampling.get("samples_per_iteration", 0), 64),
+                                      ("optimizer.max_step_mm", opt.get("max_step_mm", 1.0), 1e-9)):
+                values = value if isinstance(value, list) else [value]
+                if isinstance(value, list) and len(values) != len(shrink):
+                    fail(f"stages[{i}].{where} needs one value per level ({len(shrink)}) or a single number")
+                if any(float(v) < low for v in values):
+                    fail(f"stages[{i}].{where} must be at least {low:g}")
             if int(st.get("order", 3)) != 3:
                 fail(f"stages[{i}]: asgd supports cubic B-splines only (order 3)")
