@@ -538,7 +538,6 @@ def register(
             # of control points sensibly (a normalised gradient step gives each only ~1/sqrt(n) of the step).
             scale_factors = [int(v) for v in stage.get("mesh_scale_factors", [1] * len(shrink))]
             mesh = _bspline_mesh(fixed_p, float(stage["control_point_spacing_mm"]), scale_factors[-1])
-            order = int(stage.get("order", 3))
             if _is_stochastic(stage):
                 bspline_tx = [_stochastic_bspline_stage(
                     stage, si, fixed_p, moving_p, linear, mesh, pyramid_cache, seed=seed, fixed_mask=fixed_mask,
@@ -549,17 +548,9 @@ def register(
                                message=f"{stage_type} done")
                 continue
             pcts = _sampling_percentages(fixed_p, stage)
-            previous = None
-            for level, (factor, sigma, scale) in enumerate(zip(shrink, sigmas, scale_factors)):
-                if cancelled():
-                    raise RegistrationCancelled()
-                f_l = _pyramid_level(pyramid_cache, "fixed", fixed_p, factor, sigma, reference_spacing=fixed_p)
-                m_l = _pyramid_level(pyramid_cache, "moving", moving_p, factor, sigma, reference_spacing=fixed_p)
-                n_wanted = pcts[level] * np.prod(fixed_p.GetSize()) / float(factor) ** dim
+            for level, f_l, m_l, level_tx in _bspline_levels(stage, fixed_p, moving_p, mesh, pyramid_cache, cancelled):
+                n_wanted = pcts[level] * np.prod(fixed_p.GetSize()) / float(shrink[level]) ** dim
                 method = make_method([min(1.0, n_wanted / float(np.prod(f_l.GetSize())))], si * 16 + level)
-                level_tx = sitk.BSplineTransformInitializer(fixed_p, [m * scale for m in mesh], order)
-                if previous is not None:
-                    level_tx = refine_bspline(previous, level_tx)
                 method.SetMovingInitialTransform(_copy_transform(linear))
                 method.SetInitialTransform(level_tx, inPlace=True)
                 _set_optimizer(method, stage.get("optimizer", {}), stage_type)
@@ -570,8 +561,7 @@ def register(
                     return sitk.CompositeTransform([_copy_transform(linear), b])
 
                 run(method, f_l, m_l, make_preview, lambda _m, level=level: level)
-                previous = level_tx
-            bspline_tx = [previous]
+            bspline_tx = [level_tx]
         timings[f"stage{si}_{stage_type}"] = time.perf_counter() - t
         tracker.update(f"stage{si}", 1.0, stage=stage_type, stage_index=si, n_stages=len(stages),
                        message=f"{stage_type} done")
@@ -608,22 +598,14 @@ def _stochastic_bspline_stage(stage, si, fixed_p, moving_p, linear, mesh, pyrami
     the organ's boundary hides the edges mutual information needs: see the README)."""
     from . import stochastic_bspline as sb
 
-    shrink, sigmas = _levels(stage)
-    scale_factors = [int(v) for v in stage.get("mesh_scale_factors", [1] * len(shrink))]
+    shrink, _ = _levels(stage)
     opt = stage.get("optimizer", {})
     iterations = int(opt.get("iterations", 256))
     steps = _per_level(opt.get("max_step_mm", 1.0), len(shrink))
     n_samples = [int(v) for v in _per_level(stage["sampling"]["samples_per_iteration"], len(shrink))]
     bending = float(stage.get("regularization", {}).get("bending_energy_weight", 0.0))
-    previous = None
-    for level, (factor, sigma, scale) in enumerate(zip(shrink, sigmas, scale_factors)):
-        if cancelled():
-            raise RegistrationCancelled()
-        f_l = _pyramid_level(pyramid_cache, "fixed", fixed_p, factor, sigma, reference_spacing=fixed_p)
-        m_l = _pyramid_level(pyramid_cache, "moving", moving_p, factor, sigma, reference_spacing=fixed_p)
-        level_tx = sitk.BSplineTransformInitializer(fixed_p, [m * scale for m in mesh], int(stage.get("order", 3)))
-        if previous is not None:
-            level_tx = refine_bspline(previous, level_tx)
+    level_tx = None
+    for level, f_l, m_l, level_tx in _bspline_levels(stage, fixed_p, moving_p, mesh, pyramid_cache, cancelled):
         sample_mask = None
         if fixed_mask is not None:
             on_level = sitk.Resample(fixed_mask, f_l, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
@@ -660,8 +642,26 @@ def _stochastic_bspline_stage(stage, si, fixed_p, moving_p, linear, mesh, pyrami
         if stop == "cancelled" or cancelled():
             raise RegistrationCancelled()
         result.stop_conditions.append(f"bspline level {level + 1}: {stop}")
+    return level_tx
+
+
+def _bspline_levels(stage, fixed_p, moving_p, mesh, pyramid_cache, cancelled):
+    """Per level of a B-spline stage: (level, fixed and moving pyramid images, the level's B-spline). The
+    B-spline is the previous level's result refined exactly onto this level's grid; the caller optimises it in
+    place before asking for the next level."""
+    shrink, sigmas = _levels(stage)
+    scale_factors = [int(v) for v in stage.get("mesh_scale_factors", [1] * len(shrink))]
+    previous = None
+    for level, (factor, sigma, scale) in enumerate(zip(shrink, sigmas, scale_factors)):
+        if cancelled():
+            raise RegistrationCancelled()
+        f_l = _pyramid_level(pyramid_cache, "fixed", fixed_p, factor, sigma, reference_spacing=fixed_p)
+        m_l = _pyramid_level(pyramid_cache, "moving", moving_p, factor, sigma, reference_spacing=fixed_p)
+        level_tx = sitk.BSplineTransformInitializer(fixed_p, [m * scale for m in mesh], int(stage.get("order", 3)))
+        if previous is not None:
+            level_tx = refine_bspline(previous, level_tx)
+        yield level, f_l, m_l, level_tx
         previous = level_tx
-    return previous
 
 
 def _subdivision_matrix(n_coarse: int) -> np.ndarray:
