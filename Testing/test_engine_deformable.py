@@ -71,6 +71,30 @@ def test_metric_gradient_matches_finite_differences_on_real_images(shared_data):
     assert np.all(np.sign(analytic) == np.sign(numeric))
 
 
+def test_bending_penalty_is_zero_for_an_affine_field_and_its_gradient_is_exact():
+    img = sitk.Image([30, 40, 20], sitk.sitkFloat32)
+    img.SetSpacing([1.0, 1.5, 2.0])
+    tx = sitk.BSplineTransformInitializer(img, [4, 5, 3], 3)
+    grid = sb.BSplineGrid.of(tx)
+    # Control points of an affine displacement u(x) = M x + b: no bending (second differences vanish).
+    idx = np.stack(np.unravel_index(np.arange(grid.n_points), tuple(grid.size), order="F"), axis=1)
+    points = grid.origin + (idx * grid.spacing) @ grid.direction.T
+    affine = points @ np.array([[0.02, 0.01, 0.0], [0.0, -0.03, 0.01], [0.01, 0.0, 0.02]]).T + [1.0, -2.0, 0.5]
+    energy, grad = sb.bending_penalty_gradient(affine, grid)
+    assert energy == pytest.approx(0.0, abs=1e-20) and np.abs(grad).max() < 1e-12
+    coef = np.random.default_rng(2).normal(size=affine.shape)
+    energy, grad = sb.bending_penalty_gradient(coef, grid)
+    assert energy > 0
+    h = 1e-6
+    for flat in np.random.default_rng(3).choice(coef.size, 10, replace=False):
+        k, c = np.unravel_index(flat, coef.shape)
+        up, down = coef.copy(), coef.copy()
+        up[k, c] += h
+        down[k, c] -= h
+        numeric = (sb.bending_penalty_gradient(up, grid)[0] - sb.bending_penalty_gradient(down, grid)[0]) / (2 * h)
+        assert grad[k, c] == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+
+
 @pytest.fixture(scope="module")
 def deformed_head(shared_data):
     """mni152 T1 (2 mm, fixed) and a T2-like image of the same anatomy under T(x) = R(x + u(x)): R a small rigid

@@ -240,15 +240,15 @@ def _bspline_mesh(fixed: sitk.Image, spacing_mm: float, coarsest_scale: int) -> 
 
 def _level_costs(fixed: sitk.Image, stage: dict) -> list[float]:
     shrink = _level_factors(fixed, stage)
-    per_level = _sampling_percentages(fixed, stage)
-    n = float(np.prod(fixed.GetSize()))
     iters = int(stage.get("optimizer", {}).get("iterations", 100))
-    costs = []
     if _is_stochastic(stage):
         # New samples every iteration: the cost is samples x iterations x the (order + 1)^dim control points each
         # sample touches (about 30 times a linear stage's cost per sample, measured on a 1 mm head).
-        n_samples = _per_level(stage["sampling"]["samples_per_iteration"], len(shrink))
-        return [n * iters * 30.0 for n in n_samples]
+        samples = _per_level(stage["sampling"]["samples_per_iteration"], len(shrink))
+        return [k * iters * 30.0 for k in samples]
+    per_level = _sampling_percentages(fixed, stage)
+    n = float(np.prod(fixed.GetSize()))
+    costs = []
     for s, p in zip(shrink, per_level):
         c = n / (s ** fixed.GetDimension()) * min(float(p), 1.0) * iters
         if stage["type"] == "bspline":
