@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = [
     "CrossModalRegLib.commands.validate_cmd",
     "CrossModalRegLib.commands.benchmark_cmd",
     "CrossModalRegLib.commands.batch_cmd",
+    "CrossModalRegLib.commands.info_cmd",
 ]
 
 
