@@ -115,3 +115,14 @@ def test_markups_store_ras_and_return_lps(scene):
     labels, back = mrml.points_from_markups_node(node)
     assert labels == ["a", "b"]
     np.testing.assert_allclose(back, pts)
+
+
+def test_headless_application_closes_without_vtk_warnings(capfd):
+    """Every command that builds a scene closes one; closing must not print VTK warnings on the user's terminal."""
+    from CrossModalRegLib.headless import HeadlessSlicer
+
+    with HeadlessSlicer(set_global_scene=False) as app:
+        app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    err = capfd.readouterr().err
+    assert "WARN" not in err and "Invalid scene" not in err, err

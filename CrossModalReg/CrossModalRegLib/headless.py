@@ -59,8 +59,13 @@ class HeadlessSlicer:
         self.scene.Clear(True)
         if getattr(slicer, "mrmlScene", None) is self.scene:
             slicer.mrmlScene = self._previous_scene
-        for logic in self._logics.values():
-            logic.SetMRMLScene(None)
+        for name, logic in self._logics.items():
+            # The segmentations logic asks for the scene's subject hierarchy when its scene is unset and logs a
+            # warning ("GetSubjectHierarchyNode: Invalid scene given") on every command; released with its
+            # reference dropped, it leaves the (cleared) scene without a word.
+            if name != "Segmentations":
+                logic.SetMRMLScene(None)
+            self.app_logic.SetModuleLogic(name, None)
         self._logics.clear()
         self.volumes_logic = self.markups_logic = self.transform_logic = None
         self.segmentations_logic = self.tables_logic = None
