@@ -288,3 +288,19 @@ def test_command_line_reports_and_exit_status(main_run, cohort_csv, tmp_path, ca
                      "--set", "stages.0.optimizer.iterations=100"])
     assert code == 3  # some cases failed; all recorded, nothing run again
     assert "8/10 case(s) succeeded, 2 failed" in capsys.readouterr().out
+
+
+def test_itk_threads_reach_the_engine_and_leave_the_process_as_it_was(cohort_csv, tmp_path):
+    """`batch --itk-threads N` is what the registration runs with (recorded as such), and a case does not change
+    ITK's process-wide thread count for whatever else runs in that worker."""
+    from CrossModalRegLib.batch.case import CaseOptions, case_folder, run_case
+    from CrossModalRegLib.batch.cohort import read_cohort
+
+    case = next(c for c in read_cohort(cohort_csv) if c.case_id == GOOD[0])
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    record = run_case(case, str(tmp_path), CaseOptions(overrides=FAST, pictures=False, itk_threads=2))
+    assert record["status"] == "ok", record
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before
+    with open(os.path.join(case_folder(str(tmp_path), case.case_id), "registration.json")) as f:
+        prov = json.load(f)
+    assert prov["threads"] == 2 and prov["deterministic"] is False

@@ -292,7 +292,6 @@ def run_case(case, output_dir: str, options: CaseOptions) -> dict:
     would not help). Any other exception propagates, so that Dask retries the task (``retries=``); a worker that
     dies is rescheduled by the Dask scheduler. Either way the case folder is committed only when complete.
     """
-    import SimpleITK as sitk
 
     from .. import engine
     from ..pipeline import pair_by_label, read_image, read_landmarks_for, run_registration_job
@@ -304,7 +303,6 @@ def run_case(case, output_dir: str, options: CaseOptions) -> dict:
     os.makedirs(os.path.dirname(final), exist_ok=True)
     record = base_record(case, options)
     record["attempts"] = _attempt(output_dir, case.case_id)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(options.itk_threads))
     seed = engine.DEFAULT_SEED if case.seed is None else int(case.seed)
     record["seed"] = seed
     stage = "reading inputs"
@@ -332,7 +330,7 @@ def run_case(case, output_dir: str, options: CaseOptions) -> dict:
                 extra_provenance={"batch": {"case_id": case.case_id, "cohort": case.source, "row": case.row,
                                             "attempt": record["attempts"], "itk_threads": options.itk_threads}},
                 use_landmarks_for_initialization=case.landmarks_for == "initialization", strict=False,
-                pictures=options.pictures,
+                pictures=options.pictures, threads=int(options.itk_threads),
             )
         except CrossModalRegError as exc:
             msg = str(exc)
