@@ -23,3 +23,11 @@ class RegistrationFailed(RuntimeError):
         super().__init__(message)
         self.report = list(report or [])
         self.result = result
+
+
+class NoOverlapError(CrossModalRegError):
+    """The two images do not overlap where the registration starts (bad geometry or initialisation).
+
+    A kind of bad input (exit code 2), kept apart so that batch and the GUI can say "no overlap" without reading
+    the message.
+    """

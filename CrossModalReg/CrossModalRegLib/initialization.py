@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import CrossModalRegError, RegistrationCancelled
+from .errors import CrossModalRegError, NoOverlapError, RegistrationCancelled
 from .preprocessing import foreground_mask
 
 
@@ -129,7 +129,7 @@ def overlap_fraction(fixed, moving, transform, *, fixed_mask=None, max_points: i
 def check_overlap(fixed, moving, transform, *, fixed_mask=None, when="", minimum=0.02):
     frac = overlap_fraction(fixed, moving, transform, fixed_mask=fixed_mask, max_points=4000)
     if frac < minimum:
-        raise CrossModalRegError(
+        raise NoOverlapError(
             f"the fixed and moving images do not overlap {when} ({100 * frac:.1f}% of the fixed foreground maps "
             "inside the moving image): check that both images are in the same physical space (origin, direction), "
             "or initialise with landmarks or a transform"

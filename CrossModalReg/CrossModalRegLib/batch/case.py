@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
-from ..errors import CrossModalRegError, RegistrationFailed
+from ..errors import CrossModalRegError, NoOverlapError, RegistrationFailed
 from ..provenance import sha256_of_file
 
 QC_FILE = "qc.json"
@@ -334,7 +334,7 @@ def run_case(case, output_dir: str, options: CaseOptions) -> dict:
             )
         except CrossModalRegError as exc:
             msg = str(exc)
-            kind = FAIL_NO_OVERLAP if (stage == "registration" and "overlap" in msg) else FAIL_INPUT
+            kind = FAIL_NO_OVERLAP if isinstance(exc, NoOverlapError) else FAIL_INPUT
             record.update(failure_kind=kind, failure_reason=msg, failure_stage=stage)
             result = None
         except RegistrationFailed as exc:  # strict=False makes this rare; kept for safety
