@@ -2,10 +2,12 @@
 
 One cohort of 10 cases: seven 2D BrainWeb T1/PD pairs under known random rigid transforms (some with landmarks,
 some with label maps, one deformable), one small 3D MNI152 T1 / simulated-T2 pair with tissue labels, and two
-planted failures: a pair that does not overlap and a corrupted (truncated) file. The main run uses 2 workers and
-kills the worker running one good case in the middle of it (test-only hook): the cohort must finish, the case be
-retried, and no output be half-written. Reruns check resume (outputs untouched, by checksum) and --retry-failed;
-a 1-worker run checks the transforms are identical to the 2-worker run.
+planted failures: a pair that does not overlap and a corrupted (truncated) file. The main run uses a local cluster
+of 2 workers. A second run goes to a real Dask cluster (a `dask scheduler` and two `dask worker` processes on
+127.0.0.1, started by the test) and kills, from outside, the worker process running the 3D case in the middle of
+it: the cohort must finish, the case be retried, no output be half-written, and every transform equal the local
+run's. Reruns check resume (outputs untouched, by checksum) and --retry-failed; a 1-worker run checks the
+transforms are identical to the 2-worker run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,13 +32,15 @@ if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
 else:
     pytest.importorskip("distributed", reason="the batch extra (dask[distributed]) is not installed")
 
+from distributed import Client  # noqa: E402
+
+from CrossModalRegLib import cli  # noqa: E402
 from CrossModalRegLib import simulation as sim  # noqa: E402
 from CrossModalRegLib.batch import check_complete, run_cohort  # noqa: E402
-from CrossModalRegLib.batch.case import TEST_CRASH_ENV  # noqa: E402
 
 GOOD_2D = [f"bw{i:02d}" for i in range(1, 8)]
 GOOD = GOOD_2D + ["mni01"]
-CRASHED = "bw03"
+KILLED = "mni01"  # the slowest case: its worker is killed mid-registration on the real cluster
 DEFORMABLE = "bw07"
 FAST = {"stages.0.optimizer.iterations": 100}
 
@@ -164,20 +173,15 @@ def cohort_csv(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def main_run(cohort_csv, tmp_path_factory):
-    """2 workers; the worker running CRASHED dies (os._exit) mid-case on its first attempt."""
+    """A local Dask cluster of 2 workers."""
     out = str(tmp_path_factory.mktemp("out2"))
-    marker = os.path.join(out + "-crash-marker")
-    os.environ[TEST_CRASH_ENV] = f"{CRASHED}:{marker}"
-    try:
-        run = run_cohort(cohort_csv, out, workers=2, overrides=FAST, profile="neuro", progress=True,
-                         dashboard_address=":0")
-    finally:
-        os.environ.pop(TEST_CRASH_ENV, None)
-    return run, out, marker
+    run = run_cohort(cohort_csv, out, workers=2, overrides=FAST, profile="neuro", progress=True,
+                     dashboard_address=":0")
+    return run, out
 
 
 def test_good_cases_succeed_and_planted_failures_are_flagged(main_run):
-    run, out, _ = main_run
+    run, out = main_run
     assert len(run.records) == 10
     for cid in GOOD:
         rec = run.record(cid)
@@ -204,7 +208,7 @@ def test_good_cases_succeed_and_planted_failures_are_flagged(main_run):
 
 
 def test_qc_table_and_report(main_run):
-    run, out, _ = main_run
+    run, out = main_run
     with open(os.path.join(out, "cohort_qc.tsv")) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert [r["case_id"] for r in rows] == GOOD_2D + ["mni01", "nooverlap", "corrupt"]
@@ -223,20 +227,8 @@ def test_qc_table_and_report(main_run):
     assert summary["cases"] == 10 and sorted(summary["failed"]) == ["corrupt", "nooverlap"]
 
 
-def test_killed_worker_case_is_retried_and_nothing_is_half_written(main_run):
-    run, out, marker = main_run
-    assert os.path.isfile(marker), "the crash hook did not fire"
-    rec = run.record(CRASHED)
-    assert rec["status"] == "ok" and rec["attempts"] == 2
-    names = os.listdir(os.path.join(out, "cases"))
-    assert sorted(names) == sorted(GOOD + ["nooverlap", "corrupt"])  # no staging or partial folder left
-    for cid in names:
-        ok, why = check_complete(os.path.join(out, "cases", cid))
-        assert ok, (cid, why)
-
-
 def test_rerun_skips_finished_cases_and_resumes_an_interrupted_one(main_run, cohort_csv, tmp_path):
-    _, out0, _ = main_run
+    _, out0 = main_run
     out = str(tmp_path / "resume")
     shutil.copytree(out0, out)
     # an interruption: bw05's folder lost its DONE marker (never finished) and a killed worker's staging folder
@@ -265,7 +257,7 @@ def test_rerun_skips_finished_cases_and_resumes_an_interrupted_one(main_run, coh
 
 
 def test_one_worker_gives_identical_results(main_run, cohort_csv, tmp_path):
-    _, out2, _ = main_run
+    _, out2 = main_run
     out1 = str(tmp_path / "one")
     run = run_cohort(cohort_csv, out1, workers=1, overrides=FAST, pictures=False, progress=False,
                      dashboard_address=":0")
@@ -279,9 +271,8 @@ def test_one_worker_gives_identical_results(main_run, cohort_csv, tmp_path):
 
 
 def test_command_line_reports_and_exit_status(main_run, cohort_csv, tmp_path, capsys):
-    from CrossModalRegLib import cli
 
-    _, out0, _ = main_run
+    _, out0 = main_run
     out = str(tmp_path / "cli")
     shutil.copytree(out0, out)
     code = cli.main(["batch", cohort_csv, "--output-dir", out, "--workers", "1", "--no-progress",
@@ -304,3 +295,113 @@ def test_itk_threads_reach_the_engine_and_leave_the_process_as_it_was(cohort_csv
     with open(os.path.join(case_folder(str(tmp_path), case.case_id), "registration.json")) as f:
         prov = json.load(f)
     assert prov["threads"] == 2 and prov["deterministic"] is False
+
+
+# --- a real Dask cluster: `dask scheduler` and two `dask worker` processes on 127.0.0.1 ---
+
+
+def _dask_command(*args):
+    exe = os.path.join(os.path.dirname(sys.executable), "dask")
+    return [exe, *args] if os.path.exists(exe) else [sys.executable, "-m", "dask", *args]
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory):
+    """(address, processes): a scheduler and two single-threaded workers (with nannies) on loopback."""
+    folder = tmp_path_factory.mktemp("dask")
+    sched_file = str(folder / "scheduler.json")
+    logs = open(folder / "dask.log", "w")  # noqa: SIM115 - closed in the teardown
+    procs = [subprocess.Popen(_dask_command("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                            "--scheduler-file", sched_file), stdout=logs, stderr=logs)]
+    deadline = time.time() + 60
+    while not os.path.exists(sched_file):
+        assert time.time() < deadline and procs[0].poll() is None, "the dask scheduler did not start"
+        time.sleep(0.2)
+    for i in range(2):
+        procs.append(subprocess.Popen(
+            _dask_command("worker", "--scheduler-file", sched_file, "--nthreads", "1", "--nworkers", "1",
+                          "--no-dashboard", "--memory-limit", "6GB", "--local-directory", str(folder / f"w{i}")),
+            stdout=logs, stderr=logs))
+    client = Client(scheduler_file=sched_file, timeout="60s")
+    try:
+        client.wait_for_workers(2, timeout=120)
+        address = client.scheduler.address
+    finally:
+        client.close()
+    assert address.startswith("tcp://127.0.0.1:"), address
+    yield address
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    logs.close()
+
+
+def _kill_worker_running(case_id, address, cases_dir, killed: dict, stop: threading.Event):
+    """When ``case_id``'s registration is under way (its staging folder exists), SIGKILL the worker process that
+    the scheduler says is processing it."""
+    with Client(address, timeout="30s") as client:
+        while not stop.is_set():
+            names = os.listdir(cases_dir) if os.path.isdir(cases_dir) else []
+            if any(case_id in n and ".partial-" in n for n in names):
+                for worker, keys in client.processing().items():
+                    if any(f"-{case_id}-" in str(k) for k in keys):
+                        pid = client.run(os.getpid, workers=[worker])[worker]
+                        os.kill(pid, signal.SIGKILL)
+                        killed.update(worker=worker, pid=pid, at=time.time())
+                        return
+            time.sleep(0.05)
+
+
+def test_real_cluster_survives_a_killed_worker_with_the_local_results(real_cluster, main_run, cohort_csv,
+                                                                      tmp_path):
+    _, local_out = main_run
+    out = str(tmp_path / "real")
+    killed, stop = {}, threading.Event()
+    watcher = threading.Thread(target=_kill_worker_running,
+                               args=(KILLED, real_cluster, os.path.join(out, "cases"), killed, stop), daemon=True)
+    watcher.start()
+    t0 = time.perf_counter()
+    try:
+        run = run_cohort(cohort_csv, out, scheduler=real_cluster, overrides=FAST, profile="neuro",
+                         progress=False, dashboard_address=":0")
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+    wall = time.perf_counter() - t0
+    print(f"real-cluster cohort: {len(run.records)} cases in {wall:.1f} s, killed {killed}")
+    assert killed, f"the {KILLED} case was never seen running (the watcher did not kill a worker)"
+    assert run.workers == 2
+    rec = run.record(KILLED)
+    assert rec["status"] == "ok" and rec["attempts"] == 2, rec
+    assert sorted(run.failed) == ["corrupt", "nooverlap"]
+    names = os.listdir(os.path.join(out, "cases"))
+    assert sorted(names) == sorted(GOOD + ["nooverlap", "corrupt"])  # no staging or partial folder left
+    for cid in names:
+        ok, why = check_complete(os.path.join(out, "cases", cid))
+        assert ok, (cid, why)
+    for cid in GOOD:  # one ITK thread per case and fixed seeds: the cluster does not change a transform
+        a = transform_params(os.path.join(out, "cases", cid))
+        b = transform_params(os.path.join(local_out, "cases", cid))
+        assert np.array_equal(a, b), (cid, np.abs(a - b).max())
+
+
+def test_command_line_runs_on_the_real_cluster(real_cluster, main_run, cohort_csv, tmp_path, capsys):
+    """`crossmodalreg batch --scheduler tcp://...` on a finished cohort: connects, runs only the unfinished case."""
+    _, local_out = main_run
+    out = str(tmp_path / "cli")
+    shutil.copytree(local_out, out)
+    os.remove(os.path.join(out, "cases", "bw02", "DONE"))  # one case to run again, on the cluster
+    code = cli.main(["batch", cohort_csv, "--output-dir", out, "--scheduler", real_cluster, "--no-progress",
+                     "--set", "stages.0.optimizer.iterations=100"])
+    assert code == 3  # the two planted failures are still failures
+    text = capsys.readouterr()
+    assert "8/10 case(s) succeeded, 2 failed" in text.out
+    with open(os.path.join(out, "cohort_summary.json")) as f:
+        summary = json.load(f)
+    assert summary["ran"] == ["bw02"] and summary["dask"]["scheduler"] == real_cluster
+    assert np.array_equal(transform_params(os.path.join(out, "cases", "bw02")),
+                          transform_params(os.path.join(local_out, "cases", "bw02")))

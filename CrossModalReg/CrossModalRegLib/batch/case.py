@@ -42,9 +42,6 @@ STATUS_OK, STATUS_FAILED = "ok", "failed"
 # failure kinds: what went wrong, for the QC table
 FAIL_INPUT, FAIL_NO_OVERLAP, FAIL_SANITY, FAIL_ERROR, FAIL_WORKER = "input", "no_overlap", "sanity", "error", "worker_died"
 
-# Test-only hook: "<case_id>:<marker file>" makes the worker process exit abruptly (os._exit) in the middle of that
-# case (registration outputs staged, nothing committed) the first time, i.e. while the marker file does not exist.
-TEST_CRASH_ENV = "CROSSMODALREG_BATCH_TEST_CRASH_ONCE"
 
 
 @dataclass(frozen=True)
@@ -150,17 +147,6 @@ def reset_attempts(output_dir: str, case_id: str) -> None:
         os.remove(os.path.join(output_dir, ".batch", "attempts", case_id + ".log"))
     except FileNotFoundError:
         pass
-
-
-def _test_crash_hook(case_id: str) -> None:
-    spec = os.environ.get(TEST_CRASH_ENV, "")
-    if not spec or ":" not in spec:
-        return
-    cid, marker = spec.split(":", 1)
-    if cid == case_id and not os.path.exists(marker):
-        with open(marker, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os._exit(17)
 
 
 def _finite(v):
@@ -340,7 +326,6 @@ def run_case(case, output_dir: str, options: CaseOptions) -> dict:
         except RegistrationFailed as exc:  # strict=False makes this rare; kept for safety
             record.update(failure_kind=FAIL_SANITY, failure_reason=str(exc), failure_stage=stage)
             result = None
-        _test_crash_hook(case.case_id)
         if result is not None:
             s = result.sanity
             record.update(
