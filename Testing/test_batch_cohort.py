@@ -405,3 +405,27 @@ def test_command_line_runs_on_the_real_cluster(real_cluster, main_run, cohort_cs
     assert summary["ran"] == ["bw02"] and summary["dask"]["scheduler"] == real_cluster
     assert np.array_equal(transform_params(os.path.join(out, "cases", "bw02")),
                           transform_params(os.path.join(local_out, "cases", "bw02")))
+
+
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+def test_documented_jobqueue_configuration_gives_single_threaded_worker_jobs(kind):
+    """docs/examples/jobqueue.yaml, loaded as a user would, makes job scripts that start one single-threaded
+    worker per job with this Python (not submitted: there is no batch system here)."""
+    import dask
+    import yaml
+
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        import dask_jobqueue as jobqueue  # in the test extra: never skip in CI
+    else:
+        jobqueue = pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed (test extra)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "examples", "jobqueue.yaml")) as f:
+        settings = yaml.safe_load(f)["jobqueue"][kind]
+    cls = {"slurm": jobqueue.SLURMCluster, "pbs": jobqueue.PBSCluster}[kind]
+    # merged into dask's defaults, as ~/.config/dask/jobqueue.yaml is
+    with dask.config.set({f"jobqueue.{kind}.{k}": v for k, v in settings.items()}), \
+            cls(scheduler_options={"host": "127.0.0.1"}) as cluster:
+        script = cluster.job_script()
+    assert sys.executable in script and "distributed.cli.dask_worker" in script
+    assert script.count("--nthreads 1") >= 1 and "--nanny" in script
+    assert ("--mem=4G" in script) if kind == "slurm" else ("mem=4GB" in script)
