@@ -100,7 +100,7 @@ def test_two_runs_give_identical_tables(files, tmp_path):
 
 @pytest.mark.parametrize("case, message", [
     ("no_frame", "does not state its frame"),
-    ("missing_file", "fixed image file not found"),
+    ("missing_file", "does not exist"),
     ("bspline_inverse", "has no inverse"),
     ("bad_profile", "acceptance profile 'nope' not found"),
     ("labels_mismatch", "landmark labels do not match"),

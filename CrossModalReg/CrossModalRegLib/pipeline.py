@@ -28,34 +28,9 @@ import SimpleITK as sitk
 
 from . import engine
 from .errors import CrossModalRegError
+from .image_io import read_image  # noqa: F401  (re-exported: the commands and batch read inputs from here)
 from .provenance import sha256_of_file, write_json_atomic
 from .tables import write_tsv
-
-
-def _check_gzip_complete(path: str, role: str) -> None:
-    """ITK reads a truncated .gz image without complaint (the missing voxels come back as zeros): read the whole
-    compressed stream first so that a damaged file is refused instead of registered."""
-    import gzip
-    import zlib
-
-    try:
-        with gzip.open(path, "rb") as f:
-            while f.read(1 << 22):
-                pass
-    except (EOFError, OSError, zlib.error) as exc:
-        raise CrossModalRegError(f"{role} image '{path}' is truncated or corrupt ({exc}): copy it again") from None
-
-
-def read_image(path: str, role: str) -> sitk.Image:
-    if not path or not os.path.isfile(path):
-        raise CrossModalRegError(f"{role} image '{path}' does not exist")
-    if path.lower().endswith(".gz"):
-        _check_gzip_complete(path, role)
-    try:
-        return sitk.ReadImage(path)
-    except RuntimeError as exc:
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-        raise CrossModalRegError(f"cannot read {role} image '{path}': {msg}") from None
 
 
 def read_landmarks_for(image: sitk.Image, path: str, role: str):

@@ -61,14 +61,9 @@ def add_parser(subparsers):
 
 # ------------------------------------------------------------------------------------------ reading inputs
 def _read_image(path, role):
-    import SimpleITK as sitk
+    from ..image_io import read_image
 
-    if not path or not os.path.isfile(path):
-        raise CrossModalRegError(f"{role} file not found: {path}")
-    try:
-        return sitk.ReadImage(path)
-    except RuntimeError as exc:
-        raise CrossModalRegError(f"{role} file {path} could not be read as an image") from exc
+    return read_image(path, role)
 
 
 def _read_transform(path):
