@@ -34,6 +34,7 @@ import copy
 import json
 import os
 
+from . import preset_schema
 from .errors import CrossModalRegError
 from .provenance import sha256_of_json
 
@@ -80,19 +81,40 @@ def preset_sha256(preset: dict) -> str:
 
 
 def apply_overrides(preset: dict, overrides: dict | None) -> dict:
-    """Return a copy of ``preset`` with dotted-key overrides applied, e.g. ``{"stages.0.optimizer.iterations": 50}``."""
+    """Return a copy of ``preset`` with dotted-key overrides applied, e.g. ``{"stages.0.optimizer.iterations": 50}``.
+
+    Every key must name an entry the preset format has (a misspelt key is refused, not added), list indexes must
+    exist, and the result is validated like a preset file: bad overrides raise ``CrossModalRegError`` naming the
+    key, before anything runs.
+    """
     out = copy.deepcopy(preset)
     for key, value in (overrides or {}).items():
+        try:
+            preset_schema.spec_at(key)
+        except preset_schema.SchemaError as exc:
+            raise CrossModalRegError(f"--set {key}: {exc.detail}") from None
         parts = key.split(".")
         target = out
-        for p in parts[:-1]:
-            target = target[int(p)] if isinstance(target, list) else target.setdefault(p, {})
-        last = parts[-1]
-        if isinstance(target, list):
-            target[int(last)] = value
-        else:
-            target[last] = value
-    validate_preset(out, "<overridden preset>")
+        for depth, p in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(target, list):
+                i = int(p)
+                if i >= len(target):
+                    raise CrossModalRegError(f"--set {key}: '{'.'.join(parts[:depth]) or 'preset'}' has "
+                                             f"{len(target)} entries (indexes 0 to {len(target) - 1}), not {i}")
+                if last:
+                    target[i] = value
+                else:
+                    target = target[i]
+            elif isinstance(target, dict):
+                if last:
+                    target[p] = value
+                else:
+                    target = target.setdefault(p, [] if parts[depth + 1].isdigit() else {})
+            else:
+                raise CrossModalRegError(f"--set {key}: '{'.'.join(parts[:depth])}' is a single value")
+    if overrides:
+        validate_preset(out, f"'{preset.get('name', '?')}' with --set {', '.join(overrides)}")
     return out
 
 
@@ -102,6 +124,10 @@ def validate_preset(preset: dict, source: str = "<preset>") -> None:
 
     if not isinstance(preset, dict):
         fail("must be a JSON object")
+    try:
+        preset_schema.check(preset)
+    except preset_schema.SchemaError as exc:
+        fail(str(exc))
     if preset.get("schema_version") != SCHEMA_VERSION:
         fail(f"schema_version must be {SCHEMA_VERSION}, got {preset.get('schema_version')!r}")
     for key in ("name", "version", "title", "when_to_use", "stages"):

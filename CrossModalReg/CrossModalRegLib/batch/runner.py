@@ -262,9 +262,15 @@ def run_cohort(cohort, output_dir: str, *, workers: int | None = None, scheduler
         from ..validation import load_profile
 
         load_profile(profile)  # fail before anything runs
-    from ..presets import load_preset
+    from ..presets import apply_overrides, load_preset
 
-    load_preset(default_preset)
+    # Every preset the cohort names, with the run's --set overrides, is checked before any case runs: a bad
+    # preset cell or override is one error now, not the same failure in every case after minutes of work.
+    for name, where in {(c.preset or default_preset): c.where("preset") for c in reversed(cases)}.items():
+        try:
+            apply_overrides(load_preset(name), overrides)
+        except CrossModalRegError as exc:
+            raise CrossModalRegError(f"{where}: {exc}" if name != default_preset else str(exc)) from None
     if verify not in ("checksum", "size", "exists"):
         raise CrossModalRegError(f"verify must be checksum, size or exists, got '{verify}'")
     options = CaseOptions(default_preset=default_preset, overrides=dict(overrides or {}), profile=profile,
