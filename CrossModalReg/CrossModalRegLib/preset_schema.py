@@ -137,17 +137,24 @@ PREPROCESSING = Obj({
     "smoothing_sigma_mm": NON_NEGATIVE,
 })
 
-ROTATION_SEARCH = Obj({
+SEARCH_COMMON = {
     "enabled": Bool(),
-    "max_angle_deg": Num(0, 180, low_open=True),
-    "step_deg": Num(0, 180, low_open=True),
     "top_k": COUNT,
     "refine_iterations": Num(0, integer=True),
     "coarse_spacing_mm": POSITIVE,
+    "sample_fraction": Num(0, 1, low_open=True),
+    "keep_start_margin": NON_NEGATIVE,
+}
+
+ROTATION_SEARCH = Obj({
+    **SEARCH_COMMON,
+    "max_angle_deg": Num(0, 180, low_open=True),
+    "step_deg": Num(0, 180, low_open=True),
 })
 
 INITIALIZATION = Obj({
     "method": Enum(("moments", "geometry", "landmarks", "none")),
+    "orientation_search": Obj(SEARCH_COMMON),  # the 24 axis-aligned orientations (3D)
     "rotation_search": ROTATION_SEARCH,
 })
 
