@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Usage: scripts/setup-venv.sh VENV_DIR [EXTRAS]
 # Creates (or reuses) a Python 3.11+ virtual environment and installs this project into it (editable).
-# Everything the project needs comes from PyPI through this script; no Debian package is required
-# (overlay PNGs use Slicer's slice compositing, which needs no OpenGL).
+# Everything the project needs comes from PyPI through this script; with the test extra it also installs the few
+# Debian libraries PyQt5 needs when they are missing (overlay PNGs need none: Slicer's slice compositing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv}"
@@ -27,4 +27,16 @@ if [ -n "$EXTRAS" ]; then
   "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
 else
   "$VENV/bin/python" -m pip install --quiet -e .
+fi
+# The GUI harness (test extra) runs real Qt offscreen from the PyQt5 wheel, which needs a few system libraries
+# (OpenGL/EGL, fontconfig, xkbcommon, D-Bus, GLib). Debian images usually have them; install them when missing.
+if [[ ",$EXTRAS," == *",test,"* ]]; then
+  if ! QT_QPA_PLATFORM=offscreen "$VENV/bin/python" -c 'from PyQt5 import QtWidgets' >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq libgl1 libegl1 libfontconfig1 libxkbcommon0 libdbus-1-3 \
+        libglib2.0-0 >/dev/null
+    fi
+    QT_QPA_PLATFORM=offscreen "$VENV/bin/python" -c 'from PyQt5 import QtWidgets' \
+      || { echo "PyQt5 cannot load: install Debian's libgl1 libegl1 libfontconfig1 libxkbcommon0" >&2; exit 1; }
+  fi
 fi
