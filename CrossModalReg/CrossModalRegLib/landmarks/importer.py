@@ -65,8 +65,11 @@ def _landmark_files(entry: str, source: str) -> list[str]:
 
 
 def match_image(path: str, images: dict[str, str]) -> str:
-    """The image a landmark file belongs to: same stem as the image file, else the image name as a word of the
-    file name (case-sensitive first, then not). Raises naming the candidates when none or several match."""
+    """The image a landmark file belongs to: the only image; or the one whose file has the same stem; else the
+    image name as a word of the file name (case-sensitive first, then not). Raises naming the candidates when
+    none or several match."""
+    if len(images) == 1:
+        return next(iter(images))
     stem = _stem(path)
     same = [name for name, img in images.items() if img and _stem(img) == stem]
     if len(same) == 1:
