@@ -224,6 +224,11 @@ def test_in_slicer_a_click_on_a_jpeg_loaded_with_its_spacing_is_saved_in_its_pix
     node.SetNthControlPointPositionWorld(0, *ras)  # what a click on that pixel of the slice view does
     assert recorder.last_error is None
     np.testing.assert_allclose(session.get_point("alice", "fixed", "0").position, pixel, atol=1e-9)
+    # without the pixel grid the same click would be saved as millimetres taken for pixels (0.357 x, plus origin)
+    bare = ml.create_annotation_node(scene, session, "bob", "fixed")
+    ml.SessionRecorder(session, bare)
+    bare.SetNthControlPointPositionWorld(0, *ras)
+    np.testing.assert_allclose(session.get_point("bob", "fixed", "0").position, pixel * 10 / 28 + [12.0, -7.0])
     # the pure matrix agrees with Slicer's IJK-to-RAS of the volume
     import vtk
 
@@ -232,3 +237,16 @@ def test_in_slicer_a_click_on_a_jpeg_loaded_with_its_spacing_is_saved_in_its_pix
     m = np.array([[vm.GetElement(r, c) for c in range(4)] for r in range(4)])
     np.testing.assert_allclose(pixel_node_to_volume_ras(m) @ [-pixel[0], -pixel[1], 0, 1], [*ras, 1], atol=1e-9)
     assert attach_to_pixel_grid(scene, node, volume) is tnode  # one transform per volume
+
+
+def test_three_annotators_flag_one_point_leave_one_out_and_a_landmark_with_two_of_them_as_a_pair():
+    rng = np.random.default_rng(4)
+    truth = rng.uniform(0, 100, size=(25, 3))
+    pos = truth[None] + rng.normal(0, 0.5, size=(3, 25, 3))
+    pos[2, 3] += [0.0, 8.0, 0.0]          # one annotator off: only that point is an outlier
+    pos[0, 9] = np.nan                    # only B and C placed L09 ...
+    pos[2, 9] += [9.0, 0.0, 0.0]          # ... and they disagree: the pair is flagged
+    st = landmark_statistics(pos, annotators=["A", "B", "C"], labels=[f"L{i:02d}" for i in range(25)])
+    assert sorted(st.outlier_points) == [("B", "L09"), ("C", "L03"), ("C", "L09")]
+    assert np.isfinite(st.consensus[3]).all() and np.isnan(st.consensus[9]).all()
+    assert st.max_deviation_annotator[3] == "C"

@@ -5,8 +5,14 @@ A session folder holds::
     session.json                                  protocol, image names, frame and units, creation time
     annotations/<annotator>__<image>__r<repeat>.json   one file per annotator, image and repeat
 
-Each annotation file lists the placed points of one annotator on one image (``fixed`` or ``moving``) in one
-repeat (1 for the first annotation, 2 for a second, blinded, repeat used for repeatability)::
+``images`` maps image names to image files: ``fixed`` and ``moving`` for a session made in Slicer, or any
+names (e.g. one per stain) for a session made by ``crossmodalreg landmarks import`` (:mod:`.importer`), which also
+records each image's ``image_geometry`` (size, spacing, origin, direction; see :mod:`.units`). The full layout
+is documented in ``docs/landmarks.md``.
+
+Each annotation file lists the placed points of one annotator on one image (``fixed`` or ``moving``, or a name
+of the session's images) in one repeat (1 for the first annotation, 2 for a second, blinded, repeat used for
+repeatability)::
 
     {"schema": "crossmodalreg-landmark-annotation", "schema_version": 1, "annotator": "Ann", "image": "fixed",
      "repeat": 1, "frame": "LPS", "units": "mm", "image_name": "CT", "protocol": {"name": ..., "version": ...},
@@ -16,7 +22,8 @@ Every change rewrites only the file it concerns, atomically and durably (tempora
 crash or a killed process loses at most the change in progress and never corrupts what was saved. Bad input is
 rejected before anything is written.
 
-Positions are LPS millimetres for a 3D protocol, and pixels (x right, y down) for a 2D protocol.
+Positions are LPS millimetres for a 3D protocol, and pixels (x right, y down) for a 2D protocol (the unit rule
+of :mod:`.units`).
 """
 
 from __future__ import annotations
@@ -266,7 +273,8 @@ class AnnotationSession:
         if pos.size != dim:
             raise CrossModalRegError(
                 f"landmark '{label}'{source}: {pos.size} coordinates given but the protocol is {dim}D "
-                f"({self.frame}); check the file's frame and columns"
+                f"({self.frame}); check the file's frame and columns (for 2D images the protocol needs "
+                "dimension=2; 'crossmodalreg landmarks import' takes the dimension from the images)"
             )
         if not np.all(np.isfinite(pos)):
             raise CrossModalRegError(f"landmark '{label}'{source}: position {pos.tolist()} is not finite")
