@@ -13,7 +13,9 @@ Definitions (per image; the fixed and moving images are analysed separately):
   for that (``fle_estimate = rms_to_consensus * sqrt(n / (n - 1))``). The overall FLE pools the squared
   distances over landmarks with ``sum(n_l - 1)`` degrees of freedom.
 * **outlier**: a point farther from the *leave-one-out* consensus (component-wise median of the other
-  annotators' points, robust to a second outlier) than the threshold. With only two annotators at a landmark the
+  annotators' points, robust to a second outlier) than the threshold; at each landmark the farthest such point
+  is flagged first and the others are tested again without it (so one gross error among three annotators does
+  not make the two good points outliers too). With only two annotators at a landmark the
   leave-one-out consensus of each is the other's point, so both get the same distance (the distance between the
   two) and are flagged together, **as a pair**: neither can be blamed. The threshold is ``outlier_distance``
   (when given) and/or ``median + outlier_factor x MAD`` of all leave-one-out distances of the image (MAD = median
@@ -237,6 +239,29 @@ def outlier_threshold(distances, *, outlier_distance: float | None = None, outli
                        "farther apart than that, and then both are flagged (a pair: neither can be blamed)")
 
 
+def _flag_worst_first(points, present, threshold) -> np.ndarray:
+    """Outliers of one landmark: the point farthest from the leave-one-out median of the remaining others is
+    flagged while that distance exceeds ``threshold``, then the others are tested again without it.
+
+    One gross error among three annotators would otherwise put the two good points half its size away from
+    their leave-one-out references (the midpoint with the bad one) and flag them too. When two points remain
+    and they are farther apart than the threshold, both are flagged: a pair, neither can be blamed.
+    """
+    flagged = np.zeros(len(points), bool)
+    active = list(np.nonzero(present)[0])
+    while len(active) >= 2:
+        d = np.array([np.linalg.norm(points[a] - np.median(points[[b for b in active if b != a]], axis=0))
+                      for a in active])
+        worst = int(np.argmax(d))
+        if not d[worst] > threshold:
+            break
+        if len(active) == 2:
+            flagged[active] = True
+            break
+        flagged[active.pop(worst)] = True
+    return flagged
+
+
 def _farthest(distances, names) -> str:
     """Name(s) of the farthest point: every annotator within rounding of the largest distance, joined by ';'
     (with two annotators and a mean or median consensus the two are always equidistant: both are named)."""
@@ -313,7 +338,8 @@ def landmark_statistics(positions, *, annotators, labels, units: str = "mm", con
                                         units=units)
     outlier = np.zeros((n_a, n_l), bool)
     if threshold is not None:
-        outlier[np.isfinite(loo)] = loo[np.isfinite(loo)] > threshold
+        for i in range(n_l):
+            outlier[:, i] = _flag_worst_first(pos[:, i], present[:, i], threshold)
     inlier = present & ~outlier if exclude_outliers else present
 
     # Consensus and FLE.
