@@ -1,5 +1,6 @@
 """``crossmodalreg landmarks``: inter-annotator statistics of a session folder, and point-based registration.
 
+    crossmodalreg landmarks import SESSION_FOLDER --image NAME=FILE ... --annotator NAME=FILES ... [--scale S]
     crossmodalreg landmarks stats SESSION_FOLDER --output-dir D [--consensus median] [--outlier-distance MM]
     crossmodalreg landmarks register --fixed-landmarks F --moving-landmarks M --model affine --output-dir D
 
@@ -23,14 +24,34 @@ def add_parser(subparsers):
     sub = p.add_subparsers(dest="landmarks_command", metavar="ACTION")
     sub.required = True
 
+    i = sub.add_parser("import", help="create a session from per-annotator landmark files over N named images",
+                       description="Create a landmark session from the files annotators have (ANHIR ,X,Y CSV, "
+                       "frame-stated CSV, .fcsv, .mrk.json) over any number of named images. Every point is "
+                       "checked against its image's bounds before anything is written.")
+    i.add_argument("session", help="new (or empty) folder for the session")
+    i.add_argument("--image", action="append", default=[], metavar="NAME=FILE", required=True,
+                   help="an image and its name (repeat for each image), e.g. --image He=He.jpg")
+    i.add_argument("--annotator", action="append", default=[], metavar="NAME=FILES", required=True,
+                   help="an annotator and their landmark files or folders, comma-separated; a file is matched to "
+                   "its image by name, or give IMAGE:FILE (repeat for each annotator)")
+    i.add_argument("--scale", type=float, default=None,
+                   help="factor from pixel files' coordinates to the images' pixels (required for pixel files: "
+                   "1 when placed on these images, 0.1 for ANHIR 50%% landmarks on 5%% images)")
+    i.add_argument("--protocol", default=None, help="protocol JSON the labels must follow (default: the labels found)")
+    i.set_defaults(func=run_import)
+
     s = sub.add_parser("stats", help="inter-annotator statistics of an annotation session folder")
     s.add_argument("session", help="session folder (holds session.json and annotations/)")
     s.add_argument("--output-dir", required=True, help="folder for the TSV tables and the JSON summary")
     s.add_argument("--consensus", choices=("mean", "median"), default="mean", help="consensus estimator")
     s.add_argument("--outlier-distance", type=float, default=None,
-                   help="absolute outlier threshold (mm, or pixels for a 2D protocol)")
-    s.add_argument("--outlier-factor", type=float, default=3.0,
-                   help="outlier threshold as a multiple of the median leave-one-out distance (default 3)")
+                   help="absolute outlier threshold in the reported units (mm, or pixels for a 2D session); "
+                   "alone, it is the threshold")
+    s.add_argument("--outlier-factor", type=float, default=None,
+                   help="relative outlier threshold: median + FACTOR x 1.4826 x MAD of the leave-one-out distances "
+                   "(default 3 when no --outlier-distance is given; with both, the smaller threshold applies)")
+    s.add_argument("--units", choices=("pixel", "mm"), default=None,
+                   help="2D sessions: report pixels (default) or millimetres through each image's recorded spacing")
     s.add_argument("--bias-alpha", type=float, default=0.001, help="significance level of the bias test")
     s.set_defaults(func=run_stats)
 
@@ -52,14 +73,54 @@ def _provenance(inputs: dict, parameters: dict) -> dict:
             "inputs": {k: {"path": os.path.abspath(v), "sha256": sha256_of_file(v)} for k, v in inputs.items()}}
 
 
+def _pairs(values, option):
+    out = {}
+    for v in values:
+        name, sep, rest = v.partition("=")
+        if not sep or not name.strip() or not rest.strip():
+            raise CrossModalRegError(f"{option} {v!r}: expected NAME=VALUE")
+        if name.strip() in out:
+            raise CrossModalRegError(f"{option} {name.strip()!r} is given twice")
+        out[name.strip()] = rest.strip()
+    return out
+
+
+def run_import(args) -> int:
+    from ..landmarks import load_protocol
+    from ..landmarks.importer import import_session
+
+    images = _pairs(args.image, "--image")
+    annotators = {k: [x for x in v.split(",") if x] for k, v in _pairs(args.annotator, "--annotator").items()}
+    protocol = load_protocol(args.protocol) if args.protocol else None
+    result = import_session(args.session, images, annotators, scale=args.scale, protocol=protocol)
+    session = result.session
+    print(f"created session {session.folder}: {len(session.images)} images, {len(session.protocol.labels)} "
+          f"landmarks, {session.protocol.dimension}D, positions in {session.units}"
+          + (f" (pixel files x {args.scale:g})" if args.scale is not None else ""))
+    for image in session.images:
+        g = session.image_geometry[image]
+        names = session.annotators(image=image)
+        print(f"  {image}: {' x '.join(map(str, g['size']))} px, spacing {g['spacing'][0]:.4g} mm, annotators "
+              f"{', '.join(names) or 'none'} ({sum(len(session.points(annotator=a, image=image)) for a in names)} "
+              "points)")
+    for item in result.skipped:
+        print(f"  skipped {item['file']} of {item['annotator']}: fits none of the images")
+    return 0
+
+
 def run_stats(args) -> int:
     from ..landmarks import AnnotationSession, session_statistics
     from ..provenance import write_json_atomic
     from ..tables import write_tsv
 
     session = AnnotationSession.open(args.session)
+    factor = args.outlier_factor if args.outlier_factor is not None else (
+        3.0 if args.outlier_distance is None else None)
+    units = args.units
+    if units == "pixel" and session.units != "pixel":
+        raise CrossModalRegError(f"--units pixel is for 2D sessions; this session is in {session.units}")
     stats = session_statistics(session, consensus=args.consensus, outlier_distance=args.outlier_distance,
-                               outlier_factor=args.outlier_factor, bias_alpha=args.bias_alpha)
+                               outlier_factor=factor, bias_alpha=args.bias_alpha, units=units)
     tables = stats.tables()
     os.makedirs(args.output_dir, exist_ok=True)
     for name, (cols, rows) in tables.items():
@@ -72,11 +133,22 @@ def run_stats(args) -> int:
     summary["tables"] = sorted(f"{n}.tsv" for n in tables)
     summary["provenance"] = _provenance(files, {
         "consensus": args.consensus, "outlier_distance": args.outlier_distance,
-        "outlier_factor": args.outlier_factor, "bias_alpha": args.bias_alpha})
+        "outlier_factor": factor, "bias_alpha": args.bias_alpha, "units": stats.distance_units})
     write_json_atomic(os.path.join(args.output_dir, "landmark_statistics.json"), summary)
+    for image, reason in stats.skipped.items():
+        print(f"{image}: skipped ({reason})")
     for image, st in stats.per_image.items():
-        print(f"{image}: FLE {st.fle_overall:.3f} {st.units}, biased: {st.biased_annotators or 'none'}, "
-              f"outliers: {len(st.outlier_points)}")
+        n_pts, n_lm = len(st.outlier_points), len(st.outlier_landmarks)
+        if n_pts == 0:
+            fle = f"FLE {st.fle_overall:.3f} {st.units} (no outliers flagged)"
+        elif st.outliers_excluded:
+            fle = (f"FLE {st.fle_overall:.3f} {st.units} without the {n_pts} outlier points on {n_lm} landmarks "
+                   f"({st.fle_overall_with_outliers:.3f} with them)")
+        else:
+            fle = f"FLE {st.fle_overall:.3f} {st.units} (outliers included)"
+        print(f"{image}: {fle}, biased: {st.biased_annotators or 'none'}, outlier landmarks: "
+              f"{', '.join(st.outlier_landmarks) or 'none'}")
+        print(f"  rule: {st.outlier_rule}")
     return 0
 
 

@@ -1,11 +1,12 @@
 """Landmark annotation with inter-annotator tracking, statistics and point-based registration.
 
 Pure parts (no ``slicer``): :mod:`.protocol`, :mod:`.session`, :mod:`.fileio`, :mod:`.stats`,
-:mod:`.registration`, :mod:`.tre`, :mod:`.report`. The MRML layer :mod:`.mrml_layer` takes the scene as an
-argument and needs only slicer-core.
+:mod:`.registration`, :mod:`.tre`, :mod:`.report`, :mod:`.importer`, :mod:`.units` (but for its one MRML
+helper). The MRML layer :mod:`.mrml_layer` takes the scene as an argument and needs only slicer-core.
 
 Frames and units: 3D positions are LPS millimetres (the file/ITK convention); 2D positions are image pixels
-(x right, y down, as in ANHIR). Every transform maps fixed-space points to moving-space points.
+(x right, y down, as in ANHIR), whatever spacing the image file carries (the rule of :mod:`.units`). Every
+transform maps fixed-space points to moving-space points.
 """
 
 from .fileio import (
@@ -20,6 +21,7 @@ from .fileio import (
                      write_landmarks_csv,
                      write_mrk_json,
 )
+from .importer import ImportResult, import_session
 from .protocol import (
                      PROTOCOL_SCHEMA_VERSION,
                      LandmarkDefinition,
@@ -46,6 +48,7 @@ __all__ = [
     "write_anhir_csv", "write_fcsv", "write_landmarks_csv", "write_mrk_json",
     "PROTOCOL_SCHEMA_VERSION", "LandmarkDefinition", "LandmarkProtocol", "load_protocol", "protocol_from_labels",
     "save_protocol",
+    "ImportResult", "import_session",
     "MODELS", "PointRegistrationResult", "ThinPlateSpline", "fit_matrix_fixed_to_moving", "pair_landmarks",
     "register_points",
     "SessionStatistics", "session_statistics", "AnnotationSession", "LandmarkPoint",

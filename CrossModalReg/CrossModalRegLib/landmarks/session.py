@@ -5,8 +5,14 @@ A session folder holds::
     session.json                                  protocol, image names, frame and units, creation time
     annotations/<annotator>__<image>__r<repeat>.json   one file per annotator, image and repeat
 
-Each annotation file lists the placed points of one annotator on one image (``fixed`` or ``moving``) in one
-repeat (1 for the first annotation, 2 for a second, blinded, repeat used for repeatability)::
+``images`` maps image names to image files: ``fixed`` and ``moving`` for a session made in Slicer, or any
+names (e.g. one per stain) for a session made by ``crossmodalreg landmarks import`` (:mod:`.importer`), which also
+records each image's ``image_geometry`` (size, spacing, origin, direction; see :mod:`.units`). The full layout
+is documented in ``docs/landmarks.md``.
+
+Each annotation file lists the placed points of one annotator on one image (``fixed`` or ``moving``, or a name
+of the session's images) in one repeat (1 for the first annotation, 2 for a second, blinded, repeat used for
+repeatability)::
 
     {"schema": "crossmodalreg-landmark-annotation", "schema_version": 1, "annotator": "Ann", "image": "fixed",
      "repeat": 1, "frame": "LPS", "units": "mm", "image_name": "CT", "protocol": {"name": ..., "version": ...},
@@ -16,7 +22,8 @@ Every change rewrites only the file it concerns, atomically and durably (tempora
 crash or a killed process loses at most the change in progress and never corrupts what was saved. Bad input is
 rejected before anything is written.
 
-Positions are LPS millimetres for a 3D protocol, and pixels (x right, y down) for a 2D protocol.
+Positions are LPS millimetres for a 3D protocol, and pixels (x right, y down) for a 2D protocol (the unit rule
+of :mod:`.units`).
 """
 
 from __future__ import annotations
@@ -95,6 +102,8 @@ class AnnotationSession:
         self.protocol = protocol
         self.images = dict(images or {"fixed": "", "moving": ""})
         self.created = created or utc_now_iso()
+        # image name -> {"path", "size", "spacing", "origin", "direction", "scale"} (see create_for_images)
+        self.image_geometry: dict[str, dict] = {}
         # (annotator, image, repeat) -> {label: LandmarkPoint}, in placement order
         self._points: dict[tuple[str, str, int], dict[str, LandmarkPoint]] = {}
 
@@ -123,6 +132,46 @@ class AnnotationSession:
         return session
 
     @classmethod
+    def create_for_images(cls, folder: str, protocol: LandmarkProtocol, images: dict[str, str], *,
+                          image_geometry: dict[str, dict] | None = None) -> AnnotationSession:
+        """Start a new session over any number of named images (not only ``fixed``/``moving``).
+
+        Parameters
+        ----------
+        images : dict
+            Image name -> image file (or display name). Names are what annotation files and tables call the
+            images: letters, digits, ``.``, ``-`` and ``_`` (no ``__``).
+        image_geometry : dict, optional
+            Image name -> {"path", "size", "spacing", "origin", "direction", ...} as SimpleITK reads the image
+            (see :func:`.units.image_geometry`); saved in ``session.json``.
+        """
+        if not images:
+            raise CrossModalRegError("a session needs at least one image; name the images and their files")
+        for name in images:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+(_[A-Za-z0-9.-]+)*", str(name)):
+                raise CrossModalRegError(
+                    f"image name '{name}': use letters, digits, '.', '-' and single '_' only (it goes into file "
+                    "names)")
+        path = os.path.join(folder, SESSION_FILE)
+        if os.path.exists(path):
+            raise CrossModalRegError(
+                f"{folder} already holds an annotation session; open it to continue, or choose an empty folder"
+            )
+        session = cls(folder, protocol, images={str(k): str(v) for k, v in images.items()})
+        session.image_geometry = {str(k): dict(v) for k, v in (image_geometry or {}).items()}
+        os.makedirs(os.path.join(session.folder, ANNOTATIONS_FOLDER), exist_ok=True)
+        write_json_atomic_durable(path, session._session_dict())
+        return session
+
+    def check_image_name(self, image: str) -> None:
+        """Raise unless ``image`` is one of this session's images (``fixed``/``moving`` for a two-image session)."""
+        if image not in self.images:
+            if set(self.images) == set(IMAGES):
+                _check_image(image)
+            raise CrossModalRegError(
+                f"image '{image}' is not in this session; its images are {', '.join(map(repr, self.images))}")
+
+    @classmethod
     def open(cls, folder: str) -> AnnotationSession:
         """Load a session folder written by :meth:`create` (with every annotation file in it)."""
         path = os.path.join(folder, SESSION_FILE)
@@ -142,6 +191,7 @@ class AnnotationSession:
             )
         protocol = LandmarkProtocol.from_dict(data["protocol"], source=path)
         session = cls(folder, protocol, images=data.get("images"), created=data.get("created", ""))
+        session.image_geometry = dict(data.get("image_geometry") or {})
         for ann_path in sorted(glob.glob(os.path.join(session.folder, ANNOTATIONS_FOLDER, "*.json"))):
             session._load_annotation_file(ann_path)
         return session
@@ -155,6 +205,7 @@ class AnnotationSession:
             "units": self.units,
             "images": self.images,
             "protocol": self.protocol.to_dict(),
+            **({"image_geometry": self.image_geometry} if self.image_geometry else {}),
         }
 
     def _load_annotation_file(self, path: str) -> None:
@@ -206,7 +257,7 @@ class AnnotationSession:
 
     def _check_key(self, annotator, image, repeat):
         _check_annotator(annotator)
-        _check_image(image)
+        self.check_image_name(image)
         if int(repeat) < 1:
             raise CrossModalRegError(f"repeat must be 1 or more, not {repeat}")
         for other in {k[0] for k in self._points}:
@@ -222,7 +273,8 @@ class AnnotationSession:
         if pos.size != dim:
             raise CrossModalRegError(
                 f"landmark '{label}'{source}: {pos.size} coordinates given but the protocol is {dim}D "
-                f"({self.frame}); check the file's frame and columns"
+                f"({self.frame}); check the file's frame and columns (for 2D images the protocol needs "
+                "dimension=2; 'crossmodalreg landmarks import' takes the dimension from the images)"
             )
         if not np.all(np.isfinite(pos)):
             raise CrossModalRegError(f"landmark '{label}'{source}: position {pos.tolist()} is not finite")
@@ -345,7 +397,7 @@ class AnnotationSession:
         positions : numpy.ndarray, shape (n_annotators, n_labels, dimension)
             LPS mm (or pixels); NaN where an annotator did not place a landmark.
         """
-        _check_image(image)
+        self.check_image_name(image)
         if annotators is None:
             annotators = self.annotators(image=image, repeat=repeat)
         labels = self.protocol.labels

@@ -13,8 +13,15 @@ Definitions (per image; the fixed and moving images are analysed separately):
   for that (``fle_estimate = rms_to_consensus * sqrt(n / (n - 1))``). The overall FLE pools the squared
   distances over landmarks with ``sum(n_l - 1)`` degrees of freedom.
 * **outlier**: a point farther from the *leave-one-out* consensus (component-wise median of the other
-  annotators' points, robust to a second outlier) than ``outlier_distance`` (when given) or than
-  ``outlier_factor`` times the median of all leave-one-out distances of the image.
+  annotators' points, robust to a second outlier) than the threshold; at each landmark the farthest such point
+  is flagged first and the others are tested again without it (so one gross error among three annotators does
+  not make the two good points outliers too). With only two annotators at a landmark the
+  leave-one-out consensus of each is the other's point, so both get the same distance (the distance between the
+  two) and are flagged together, **as a pair**: neither can be blamed. The threshold is ``outlier_distance``
+  (when given) and/or ``median + outlier_factor x MAD`` of all leave-one-out distances of the image (MAD = median
+  absolute deviation from the median, scaled by 1.4826 so that it estimates the standard deviation of normal
+  data: a robust z-score above ``outlier_factor``); the smaller of the two when both are given.
+  ``LandmarkStatistics.outlier_rule`` states the rule and the numbers in words.
 * **bias** of an annotator: mean vector from the leave-one-out consensus (other annotators' inliers) to the
   annotator's inlier points, tested against zero with Hotelling's T^2 over landmarks; ``biased`` when the
   p-value is below ``bias_alpha``. Biased annotators are found one at a time, most significant first, and left
@@ -137,7 +144,7 @@ class LandmarkStatistics:
     max_deviation_annotator: list[str]
     loo_distance: np.ndarray         # (A, L) distance to the leave-one-out median consensus
     outlier: np.ndarray              # (A, L) bool
-    outlier_threshold: float
+    outlier_threshold: float        # NaN when no outlier can be flagged (reason in outlier_rule)
     annotator_mean_distance: np.ndarray  # (A,) mean distance to the leave-one-out consensus
     annotator_bias: np.ndarray       # (A, D)
     annotator_bias_pvalue: np.ndarray  # (A,)
@@ -148,6 +155,14 @@ class LandmarkStatistics:
     n_complete_landmarks: int
     overall_completeness: float
     notes: list[str] = field(default_factory=list)
+    outlier_rule: str = ""           # the outlier rule and its numbers, in words
+    fle_overall_with_outliers: float = float("nan")  # pooled FLE over every point, outliers included
+    outliers_excluded: bool = True   # outliers left out of the consensus, the FLE and the bias
+
+    @property
+    def outlier_landmarks(self) -> list[str]:
+        """Labels with at least one outlier point (with two annotators: the flagged pairs)."""
+        return [lab for lab, o in zip(self.labels, self.outlier.any(axis=0)) if o]
 
     @property
     def biased_annotators(self) -> list[str]:
@@ -164,6 +179,96 @@ def _consensus(points, method):
     if len(points) == 0:
         return np.full(points.shape[-1], np.nan)
     return np.median(points, axis=0) if method == "median" else points.mean(axis=0)
+
+
+MAD_TO_SD = 1.4826  # MAD x 1.4826 estimates the standard deviation of normal data
+
+
+def outlier_threshold(distances, *, outlier_distance: float | None = None, outlier_factor: float | None = 3.0,
+                      units: str = "mm") -> tuple[float | None, str]:
+    """Outlier threshold from the leave-one-out distances of an image, and the rule in words.
+
+    Parameters
+    ----------
+    distances : array-like
+        Leave-one-out distances (NaN ignored); with two annotators at a landmark, both carry the pair's distance.
+    outlier_distance : float, optional
+        Absolute threshold in ``units``.
+    outlier_factor : float, optional
+        Relative threshold ``median + outlier_factor x 1.4826 x MAD`` of the distances.
+
+    Returns
+    -------
+    threshold : float or None
+        The smaller of the thresholds given; None when no outlier can be flagged (both options off, or no
+        distance to take a median of), with the reason in the rule.
+    rule : str
+    """
+    d = np.asarray(distances, dtype=float)
+    d = d[np.isfinite(d)]
+    parts, values = [], []
+    if outlier_distance is not None:
+        if not (np.isfinite(outlier_distance) and outlier_distance > 0):
+            raise CrossModalRegError(f"the outlier distance must be a positive number, not {outlier_distance}")
+        values.append(float(outlier_distance))
+        parts.append(f"the outlier distance {float(outlier_distance):.4g} {units}")
+    if outlier_factor is not None:
+        if not (np.isfinite(outlier_factor) and outlier_factor > 0):
+            raise CrossModalRegError(f"the outlier factor must be a positive number, not {outlier_factor}")
+        if d.size:
+            med = float(np.median(d))
+            mad = float(np.median(np.abs(d - med)))
+            rel = med + float(outlier_factor) * MAD_TO_SD * mad
+            values.append(rel)
+            parts.append(f"median + {float(outlier_factor):.4g} x 1.4826 x MAD of the leave-one-out distances "
+                         f"({med:.4g} + {float(outlier_factor):.4g} x 1.4826 x {mad:.4g} = {rel:.4g} {units})")
+        else:
+            parts.append("no relative threshold (no leave-one-out distance: no landmark has two annotators)")
+    if not values:
+        why = " and ".join(parts) if parts else "outlier detection is off (no outlier distance and no factor)"
+        return None, f"no outliers can be flagged: {why}"
+    threshold = min(values)
+    if len(values) > 1:
+        limit = f"{threshold:.4g} {units}, the smaller of " + " and ".join(parts)
+    elif outlier_distance is not None:
+        limit = parts[0]
+    else:
+        limit = f"{threshold:.4g} {units} = " + parts[-1]
+    return threshold, (f"a point is an outlier when it is farther than {limit} from the leave-one-out median of "
+                       "the other annotators' points; with two annotators at a landmark, when the two points are "
+                       "farther apart than that, and then both are flagged (a pair: neither can be blamed)")
+
+
+def _flag_worst_first(points, present, threshold) -> np.ndarray:
+    """Outliers of one landmark: the point farthest from the leave-one-out median of the remaining others is
+    flagged while that distance exceeds ``threshold``, then the others are tested again without it.
+
+    One gross error among three annotators would otherwise put the two good points half its size away from
+    their leave-one-out references (the midpoint with the bad one) and flag them too. When two points remain
+    and they are farther apart than the threshold, both are flagged: a pair, neither can be blamed.
+    """
+    flagged = np.zeros(len(points), bool)
+    active = list(np.nonzero(present)[0])
+    while len(active) >= 2:
+        d = np.array([np.linalg.norm(points[a] - np.median(points[[b for b in active if b != a]], axis=0))
+                      for a in active])
+        worst = int(np.argmax(d))
+        if not d[worst] > threshold:
+            break
+        if len(active) == 2:
+            flagged[active] = True
+            break
+        flagged[active.pop(worst)] = True
+    return flagged
+
+
+def _farthest(distances, names) -> str:
+    """Name(s) of the farthest point: every annotator within rounding of the largest distance, joined by ';'
+    (with two annotators and a mean or median consensus the two are always equidistant: both are named)."""
+    d = np.asarray(distances, dtype=float)
+    top = float(d.max())
+    tied = [n for n, v in zip(names, d) if v >= top - 1e-9 * max(top, 1.0)]
+    return ";".join(tied)
 
 
 def landmark_statistics(positions, *, annotators, labels, units: str = "mm", consensus: str = "mean",
@@ -183,7 +288,8 @@ def landmark_statistics(positions, *, annotators, labels, units: str = "mm", con
     outlier_distance : float, optional
         Absolute outlier threshold in ``units``.
     outlier_factor : float, optional
-        Relative outlier threshold: a multiple of the median leave-one-out distance.
+        Relative outlier threshold: ``median + outlier_factor x 1.4826 x MAD`` of the leave-one-out distances
+        (see the module docstring; with two annotators the pair's distances).
     exclude_outliers : bool
         Leave outliers out of the consensus, the FLE and the bias.
     bias_alpha : float
@@ -219,26 +325,21 @@ def landmark_statistics(positions, *, annotators, labels, units: str = "mm", con
                 f"annotator '{annotators[a]}' has no points{where}; finish that annotation or leave the "
                 "annotator out of the analysis")
 
-    # Leave-one-out robust consensus and outliers.
+    # Leave-one-out robust consensus and outliers (with one other annotator: the distance between the pair).
     loo = np.full((n_a, n_l), np.nan)
     for i in range(n_l):
         for a in range(n_a):
             if not present[a, i]:
                 continue
             others = [b for b in range(n_a) if b != a and present[b, i]]
-            if len(others) >= 2:
+            if others:
                 loo[a, i] = np.linalg.norm(pos[a, i] - np.median(pos[others, i], axis=0))
-    finite = loo[np.isfinite(loo)]
-    spread = float(np.median(finite)) if finite.size else float("nan")
-    thresholds = []
-    if outlier_distance is not None:
-        thresholds.append(float(outlier_distance))
-    if outlier_factor is not None and np.isfinite(spread):
-        thresholds.append(float(outlier_factor) * spread)
-    threshold = min(thresholds) if thresholds else float("inf")
+    threshold, rule = outlier_threshold(loo, outlier_distance=outlier_distance, outlier_factor=outlier_factor,
+                                        units=units)
     outlier = np.zeros((n_a, n_l), bool)
-    with np.errstate(invalid="ignore"):
-        outlier[np.isfinite(loo)] = loo[np.isfinite(loo)] > threshold
+    if threshold is not None:
+        for i in range(n_l):
+            outlier[:, i] = _flag_worst_first(pos[:, i], present[:, i], threshold)
     inlier = present & ~outlier if exclude_outliers else present
 
     # Consensus and FLE.
@@ -249,7 +350,13 @@ def landmark_statistics(positions, *, annotators, labels, units: str = "mm", con
     max_dev = np.full(n_l, np.nan)
     max_dev_who = [""] * n_l
     sq_sum, dof = 0.0, 0
+    sq_all, dof_all = 0.0, 0
     for i in range(n_l):
+        all_idx = np.nonzero(present[:, i])[0]
+        if len(all_idx) >= 2:  # FLE over every point, outliers included (for comparison)
+            d_every = np.linalg.norm(pos[all_idx, i] - _consensus(pos[all_idx, i], consensus), axis=1)
+            sq_all += float(np.sum(d_every ** 2))
+            dof_all += len(all_idx) - 1
         idx = np.nonzero(inlier[:, i])[0]
         if len(idx) == 0:
             continue
@@ -260,12 +367,11 @@ def landmark_statistics(positions, *, annotators, labels, units: str = "mm", con
             fle[i] = rms[i] * math.sqrt(len(idx) / (len(idx) - 1))
             sq_sum += float(np.sum(d_in ** 2))
             dof += len(idx) - 1
-        all_idx = np.nonzero(present[:, i])[0]
         d_all = np.linalg.norm(pos[all_idx, i] - cons[i], axis=1)
-        j = int(np.argmax(d_all))
-        max_dev[i] = float(d_all[j])
-        max_dev_who[i] = annotators[all_idx[j]]
+        max_dev[i] = float(d_all.max())
+        max_dev_who[i] = _farthest(d_all, [annotators[j] for j in all_idx])
     fle_overall = math.sqrt(sq_sum / dof) if dof else float("nan")
+    fle_all = math.sqrt(sq_all / dof_all) if dof_all else float("nan")
 
     # Per-annotator bias against the leave-one-out consensus of the others' inliers. A biased annotator would
     # shift the others' reference by -bias/(n-1) and make them look biased too, so biased annotators are found
@@ -284,6 +390,11 @@ def landmark_statistics(positions, *, annotators, labels, units: str = "mm", con
     complete = np.all(present, axis=0)
     icc = np.full(dim, np.nan)
     notes = []
+    no_consensus = [labels[i] for i in range(n_l) if present[:, i].any() and not inlier[:, i].any()]
+    if no_consensus:
+        notes.append(f"{len(no_consensus)} landmark(s) have no consensus because every annotation of them is an "
+                     f"outlier (with two annotators: the pair disagrees beyond the threshold): "
+                     f"{', '.join(no_consensus)}; resolve them (a third annotator, or re-annotation)")
     if complete.sum() >= 2:
         for k in range(dim):
             icc[k] = icc_2_1(pos[:, complete, k].T)
@@ -292,7 +403,9 @@ def landmark_statistics(positions, *, annotators, labels, units: str = "mm", con
     return LandmarkStatistics(
         annotators=annotators, labels=labels, units=units, consensus_method=consensus, positions=pos,
         consensus=cons, n_annotators=n_present, rms_to_consensus=rms, fle_estimate=fle, max_deviation=max_dev,
-        max_deviation_annotator=max_dev_who, loo_distance=loo, outlier=outlier, outlier_threshold=threshold,
+        max_deviation_annotator=max_dev_who, loo_distance=loo, outlier=outlier,
+        outlier_threshold=float("nan") if threshold is None else threshold, outlier_rule=rule,
+        fle_overall_with_outliers=fle_all, outliers_excluded=bool(exclude_outliers),
         annotator_mean_distance=mean_dist, annotator_bias=bias, annotator_bias_pvalue=pvals, biased=biased,
         completeness=present.sum(axis=1) / n_l, fle_overall=fle_overall, icc_per_axis=icc,
         n_complete_landmarks=int(complete.sum()), overall_completeness=float(present.mean()), notes=notes,
