@@ -159,10 +159,16 @@ INITIALIZATION = Obj({
 })
 
 METRIC = Obj({
-    "name": Enum(("mattes", "joint_histogram_mi", "ants_neighborhood_correlation", "correlation", "mean_squares")),
+    "name": Enum(("mattes", "joint_histogram_mi", "ants_neighborhood_correlation", "correlation", "mean_squares",
+                  "mind_ssc")),
     "bins": Num(4, 1024, integer=True),
     "variance": POSITIVE,
     "radius": COUNT,
+    # mind_ssc (CrossModalRegLib.mind)
+    "dilation": COUNT,
+    "patch": Enum(("box", "gaussian")),
+    "fov_mask": Enum(("auto", "fixed", "moving", "none")),
+    "fov_erode_mm": NON_NEGATIVE,
 }, required=("name",))
 
 SAMPLING = Obj({
@@ -175,7 +181,8 @@ SAMPLING = Obj({
 
 OPTIMIZER = Obj({
     "name": Enum(("regular_step_gradient_descent", "gradient_descent", "gradient_descent_line_search", "lbfgsb",
-                  "lbfgs2", "asgd")),
+                  "lbfgs2", "asgd", "gauss_newton_line_search")),
+    "tolerance_mm": POSITIVE,
     "iterations": COUNT,
     "learning_rate": POSITIVE,
     "min_step": POSITIVE,
@@ -218,6 +225,7 @@ PRESET = Obj({
     "dimension": Enum((2, 3, "any")),
     "preprocessing": Obj({"fixed": PREPROCESSING, "moving": PREPROCESSING}),
     "initialization": INITIALIZATION,
+    "checks": Obj({"independent_agreement": Bool()}),  # post-run checks that can be turned off
     "stages": List(STAGE, min_length=0),  # "needs at least one stage": validate_preset says it
 }, required=("schema_version", "name", "version", "title", "when_to_use", "stages"))
 
