@@ -105,6 +105,8 @@ class CrossModalRegValidationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._running = False
+        self._cancelRequested = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -135,6 +137,8 @@ class CrossModalRegValidationWidget(ScriptedLoadableModuleWidget, VTKObservation
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
+        # A run in progress stops at its next step, before it writes anything into the closing scene.
+        self._cancelRequested = self._cancelRequested or self._running
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -155,21 +159,57 @@ class CrossModalRegValidationWidget(ScriptedLoadableModuleWidget, VTKObservation
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._running:
+            return  # the button is "Cancel" during a run
         p = self._parameterNode
         ready, why = self.logic.canRun(p) if p else (False, _("No parameter node"))
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Compute the validation tables") if ready else why
 
+    def _inputWidgets(self) -> list:
+        """Every widget of the panel but the Apply/Cancel button and the status line: locked during a run."""
+        keep = {"applyButton", "statusLabel"}
+        return [w for name, w in vars(self.ui).items() if name not in keep and hasattr(w, "enabled")]
+
     def onApplyButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Validation failed."), waitCursor=True):
-            self.ui.statusLabel.text = _("Running...")
-            verdict = self.logic.process(self._parameterNode, progress=self._showProgress)
-            self.ui.statusLabel.text = _("Done.") if verdict is None else _("Done: {verdict}").format(verdict=verdict)
-            self.logic.showResults(self._parameterNode)
+        from CrossModalRegLib.errors import RegistrationCancelled
+
+        if self._running:  # the button reads "Cancel" during a run
+            self._cancelRequested = True
+            self.ui.statusLabel.text = _("Cancelling...")
+            return
+        self._running, self._cancelRequested = True, False
+        locked = [(w, w.enabled) for w in self._inputWidgets()]
+        for w, _wasEnabled in locked:
+            w.enabled = False
+        applyText = self.ui.applyButton.text
+        self.ui.applyButton.text = _("Cancel")
+        self.ui.applyButton.toolTip = _("Stop the validation; nothing is written")
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Validation failed."), waitCursor=False):
+                self.ui.statusLabel.text = _("Running...")
+                try:
+                    verdict = self.logic.process(self._parameterNode, progress=self._showProgress)
+                except RegistrationCancelled:
+                    self.ui.statusLabel.text = _("Cancelled: nothing was written.")
+                else:
+                    self.ui.statusLabel.text = (_("Done.") if verdict is None
+                                                else _("Done: {verdict}").format(verdict=verdict))
+                    self.logic.showResults(self._parameterNode)
+        finally:
+            self._running = False
+            for w, wasEnabled in locked:
+                w.enabled = wasEnabled
+            self.ui.applyButton.text = applyText
+            self._checkCanApply()
 
     def _showProgress(self, message: str) -> None:
+        from CrossModalRegLib.errors import RegistrationCancelled
+
         self.ui.statusLabel.text = message
-        slicer.app.processEvents()
+        slicer.app.processEvents()  # keeps Cancel clickable; every input is locked meanwhile
+        if self._cancelRequested:
+            raise RegistrationCancelled(_("Validation cancelled"))
 
 
 #
