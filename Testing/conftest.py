@@ -44,3 +44,7 @@ def slicer_app():
 @pytest.fixture
 def scene(slicer_app):
     return slicer_app.scene
+
+
+# GUI harness fixtures (Testing/slicer_gui): slicer_gui, module_widget, slot_errors.
+from slicer_gui.fixtures import _slicer_gui_installed, module_widget, slicer_gui, slot_errors  # noqa: E402,F401
