@@ -17,6 +17,7 @@ import os
 import pathlib
 from typing import Annotated
 
+import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode, vtkMRMLTransformNode
@@ -140,6 +141,7 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.importButton.connect("clicked(bool)", self.onImport)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.landmarkErrorTable.connect("cellClicked(int,int)", self.onLandmarkErrorRowClicked)
+        self.ui.landmarkErrorTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
 
         self.initializeParameterNode()
 
@@ -177,8 +179,11 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            if self._parameterNodeGuiTag is not None:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            # exit() already removed the observer when the module was left: do not remove it twice (warns)
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -312,8 +317,6 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
     def _fillLandmarkErrorTable(self) -> None:
         """One row per landmark of the last registration: label, FRE, leave-one-out TRE (click to jump)."""
-        import qt
-
         rows = self.logic.landmarkErrorRows() if self.logic else []
         table = self.ui.landmarkErrorTable
         table.setRowCount(len(rows))

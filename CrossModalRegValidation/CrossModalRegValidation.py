@@ -150,8 +150,11 @@ class CrossModalRegValidationWidget(ScriptedLoadableModuleWidget, VTKObservation
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            if self._parameterNodeGuiTag is not None:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            # exit() already removed the observer when the module was left: do not remove it twice (warns)
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)

@@ -410,7 +410,7 @@ def registration_transform_node(scene, result, *, name: str | None = None, refer
     if node is not None and not node.IsA("vtkMRMLTransformNode"):
         raise CrossModalRegError(f"output '{node.GetName()}' is not a transform node; choose a transform")
     if node is None:
-        node = scene.AddNewNodeByClass("vtkMRMLTransformNode", name or f"Landmark {result.model} fixed->moving")
+        node = scene.AddNewNodeByClass("vtkMRMLTransformNode", name or "Landmarks fixed->moving")
     mrml.set_transform_fixed_to_moving(node, tx)
     return node
 
