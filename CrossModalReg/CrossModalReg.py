@@ -22,14 +22,16 @@ from typing import Annotated
 import slicer
 import vtk
 from slicer import (
+    vtkMRMLLabelMapVolumeNode,
     vtkMRMLMarkupsFiducialNode,
-    vtkMRMLNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
     vtkMRMLTransformNode,
-    vtkMRMLVolumeNode,
+    vtkMRMLVectorVolumeNode,
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -85,15 +87,17 @@ class CrossModalRegParameterNode:
     outputTransform: created on the first run (named '<moving>_to_<fixed> (CrossModalReg)') and reused after.
     """
 
-    fixedVolume: vtkMRMLVolumeNode
-    movingVolume: vtkMRMLVolumeNode
-    preset: str = "multimodal-rigid"
-    fixedMask: vtkMRMLNode
-    movingMask: vtkMRMLNode
-    fixedLandmarks: vtkMRMLMarkupsFiducialNode
-    movingLandmarks: vtkMRMLMarkupsFiducialNode
-    initialTransform: vtkMRMLTransformNode
-    outputTransform: vtkMRMLTransformNode
+    # Concrete classes only: parameterNodeWrapper instantiates each to read its name, and its name list replaces
+    # the selector's nodeTypes (so the union is what the selector offers; the .ui says whether subclasses show).
+    fixedVolume: vtkMRMLScalarVolumeNode | vtkMRMLVectorVolumeNode | None
+    movingVolume: vtkMRMLScalarVolumeNode | vtkMRMLVectorVolumeNode | None
+    preset: Annotated[str, Choice(presets.available_presets())] = "multimodal-rigid"
+    fixedMask: vtkMRMLSegmentationNode | vtkMRMLLabelMapVolumeNode | None
+    movingMask: vtkMRMLSegmentationNode | vtkMRMLLabelMapVolumeNode | None
+    fixedLandmarks: vtkMRMLMarkupsFiducialNode | None
+    movingLandmarks: vtkMRMLMarkupsFiducialNode | None
+    initialTransform: vtkMRMLTransformNode | None  # and every subclass: linear, B-spline, grid, composite
+    outputTransform: vtkMRMLTransformNode | None
     livePreview: bool = True
     rotationSearch: bool = True
     createResampledVolume: bool = False
@@ -125,9 +129,6 @@ class CrossModalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CrossModalRegLogic()
 
-        self.ui.presetComboBox.clear()
-        for name in presets.available_presets():
-            self.ui.presetComboBox.addItem(name)
         self.ui.progressBar.setVisible(False)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)

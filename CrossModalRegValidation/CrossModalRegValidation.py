@@ -85,7 +85,7 @@ class CrossModalRegValidationParameterNode:
     movingLabelMap: vtkMRMLLabelMapVolumeNode
     jacobianMode: Annotated[str, Choice(["auto", "always", "never"])] = "auto"
     jacobianMask: vtkMRMLSegmentationNode
-    profile: str = "neuro"
+    profile: Annotated[str, Choice([NO_PROFILE, "abdomen", "neuro", "plausibility"])] = "neuro"  # = available_profiles()
     summaryTable: vtkMRMLTableNode
     landmarkTable: vtkMRMLTableNode
     segmentTable: vtkMRMLTableNode

@@ -68,3 +68,16 @@ def test_selectors_offer_rgb_volumes_and_every_transform_class(module_widget, sl
         assert listed(selector) == {label.GetID(), segmentation.GetID()}, selector.name
     for selector in (m.ui.initialTransformSelector, m.ui.outputTransformSelector):
         assert listed(selector) == {t.GetID() for t in transforms}, selector.name
+
+
+def test_combobox_choices_are_the_shipped_presets_and_profiles(module_widget):
+    """The Choice annotations list file names at import time: they must be exactly the shipped files."""
+    from CrossModalRegLib import presets
+    from CrossModalRegLib.validation import available_profiles
+
+    reg = module_widget("CrossModalReg")
+    assert [reg.ui.presetComboBox.itemText(i) for i in range(reg.ui.presetComboBox.count)] == \
+        presets.available_presets()
+    val = module_widget("CrossModalRegValidation")
+    combo = val.ui.profileComboBox
+    assert [combo.itemText(i) for i in range(combo.count)] == [val.module.NO_PROFILE, *available_profiles()]

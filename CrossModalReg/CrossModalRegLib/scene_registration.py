@@ -109,8 +109,78 @@ def register_volume_nodes(
     processes events there, which is also when the views redraw the moving preview). Raises
     ``CrossModalRegError`` (bad input: nothing created), ``RegistrationCancelled`` or ``RegistrationFailed``
     (everything created removed, the scene as before).
+
+    The three phases are also available separately (what a GUI uses to compute in a worker thread while the main
+    thread keeps the views and the Cancel button live): :func:`prepare_registration` (reads the scene),
+    :meth:`PreparedRegistration.run` (no MRML), and :class:`SceneChanges` (preview, commit, rollback; main thread).
     """
-    # ------------------------------------------------------------ inputs (read only; nothing created yet)
+    prepared = prepare_registration(
+        fixed_node, moving_node, preset=preset, output_transform_node=output_transform_node,
+        fixed_mask_node=fixed_mask_node, moving_mask_node=moving_mask_node,
+        fixed_landmarks_node=fixed_landmarks_node, moving_landmarks_node=moving_landmarks_node,
+        initial_transform_node=initial_transform_node, create_resampled_volume=create_resampled_volume,
+        seed=seed, overrides=overrides, rotation_search=rotation_search, strict=strict,
+    )
+    changes = SceneChanges(scene, prepared, output_transform_node=output_transform_node,
+                           output_transform_name=output_transform_name, live_preview=live_preview,
+                           preview_interval_s=preview_interval_s)
+    try:
+        def on_progress(p):
+            changes.preview(p)
+            if progress is not None:
+                progress(p)
+
+        result, resampled = prepared.run(progress=on_progress, cancel=cancel)
+        return changes.commit(result, resampled, create_convergence_outputs=create_convergence_outputs)
+    except BaseException:
+        changes.rollback()
+        raise
+
+
+def _is_cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    return bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
+
+
+@dataclass
+class PreparedRegistration:
+    """One run's inputs, read from the scene by :func:`prepare_registration` (images in LPS, landmarks paired).
+
+    :meth:`run` uses no MRML and no scene: it may run in a worker thread.
+    """
+
+    fixed_node: object
+    moving_node: object
+    fixed: object  # SimpleITK image (LPS)
+    moving: object
+    engine_options: dict
+    scene_inputs: dict
+    output_transform_node: object | None = None
+    create_resampled_volume: bool = False
+
+    def run(self, *, progress=None, cancel=None):
+        """``(RegistrationResult, resampled moving image or None)``; raises RegistrationCancelled / Failed."""
+        from .errors import RegistrationCancelled
+
+        result = engine.register(self.fixed, self.moving, progress=progress, cancel=cancel, **self.engine_options)
+        resampled = None
+        if self.create_resampled_volume:
+            if _is_cancelled(cancel):
+                raise RegistrationCancelled("cancelled before resampling")
+            resampled = result.resample_moving(self.fixed, self.moving)
+        if _is_cancelled(cancel):
+            raise RegistrationCancelled("cancelled")
+        return result, resampled
+
+
+def prepare_registration(
+    fixed_node, moving_node, *, preset="multimodal-rigid", output_transform_node=None, fixed_mask_node=None,
+    moving_mask_node=None, fixed_landmarks_node=None, moving_landmarks_node=None, initial_transform_node=None,
+    create_resampled_volume: bool = False, seed: int = engine.DEFAULT_SEED, overrides: dict | None = None,
+    rotation_search: bool | None = None, strict: bool = True,
+) -> PreparedRegistration:
+    """Check the inputs and read them from their nodes; changes nothing in the scene (call on the main thread)."""
     for role, node in (("fixed", fixed_node), ("moving", moving_node)):
         if node is None or not node.IsA("vtkMRMLVolumeNode"):
             raise CrossModalRegError(f"select a {role} volume")
@@ -118,6 +188,9 @@ def register_volume_nodes(
         raise CrossModalRegError("fixed and moving volumes are the same node: select two different volumes")
     if output_transform_node is not None and not output_transform_node.IsA("vtkMRMLTransformNode"):
         raise CrossModalRegError("the output must be a transform node")
+    if output_transform_node is not None and output_transform_node is initial_transform_node:
+        raise CrossModalRegError("the output transform is also the initial transform: select another output "
+                                 "(or none, to create one) so that the initial transform is kept")
     fixed = mrml.image_from_volume_node(fixed_node)
     moving = mrml.image_from_volume_node(moving_node)
     fixed_mask = mrml.segmentation_or_labelmap_to_mask(fixed_mask_node, fixed_node) if fixed_mask_node else None
@@ -130,62 +203,86 @@ def register_volume_nodes(
         initial = mrml.transform_fixed_to_moving_from_node(initial_transform_node)
         if fixed.GetDimension() == 2:
             initial = linear_transform_in_plane(initial)
-
-    # ------------------------------------------------------------ scene state to restore on failure
-    created = []
-    previous_parent_id = moving_node.GetParentTransformNode().GetID() if moving_node.GetParentTransformNode() else None
-    previous_output_transform = None
-    if output_transform_node is not None:
-        # A detached copy of the user's node (its transform and attributes), put back on failure.
-        previous_output_transform = slicer.vtkMRMLTransformNode()
-        previous_output_transform.CopyContent(output_transform_node, True)
-        previous_attr = output_transform_node.GetAttribute(mrml.DIRECTION_ATTRIBUTE)
-    outputs = None
-    try:
-        if output_transform_node is None:
-            output_transform_node = scene.AddNewNodeByClass(
-                "vtkMRMLTransformNode", output_transform_name or default_transform_name(fixed_node, moving_node)
-            )
-            created.append(output_transform_node)
-        preview_state = {"count": 0, "last": 0.0}
-        if live_preview:
-            moving_node.SetAndObserveTransformNodeID(output_transform_node.GetID())
-
-        def on_progress(p):
-            if live_preview and p._transform_factory is not None:
-                now = time.perf_counter()
-                if now - preview_state["last"] >= preview_interval_s:
-                    tx = p.transform_fixed_to_moving_lps()
-                    if tx is not None:
-                        if tx.GetDimension() == 2 and not tx.IsLinear():
-                            tx = None  # 2D B-spline preview goes through a 3D embedding below
-                        if tx is not None:
-                            mrml.set_transform_fixed_to_moving(output_transform_node, _embed_3d(tx))
-                            preview_state["count"] += 1
-                            preview_state["last"] = now
-            if progress is not None:
-                progress(p)
-
-        result = engine.register(
-            fixed, moving, preset=preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
-            fixed_landmarks=f_lm, moving_landmarks=m_lm, initial_transform_fixed_to_moving=initial,
-            overrides=overrides, rotation_search=rotation_search, seed=seed, progress=on_progress, cancel=cancel,
-            strict=strict,
-        )
-        mrml.set_transform_fixed_to_moving(output_transform_node, _embed_3d(result.transform_fixed_to_moving_lps))
-        mrml.set_volume_references(output_transform_node, fixed_node, moving_node)
-        moving_node.SetAndObserveTransformNodeID(output_transform_node.GetID())
-        outputs = SceneRegistrationOutputs(output_transform_node, result, preview_updates=preview_state["count"])
-
-        provenance = result.provenance()
-        provenance["scene_inputs"] = {
+    return PreparedRegistration(
+        fixed_node, moving_node, fixed, moving,
+        engine_options=dict(preset=preset, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_landmarks=f_lm,
+                            moving_landmarks=m_lm, initial_transform_fixed_to_moving=initial, overrides=overrides,
+                            rotation_search=rotation_search, seed=seed, strict=strict),
+        scene_inputs={
             "fixed_volume": fixed_node.GetName(), "moving_volume": moving_node.GetName(),
             "fixed_mask": fixed_mask_node.GetName() if fixed_mask_node else None,
             "moving_mask": moving_mask_node.GetName() if moving_mask_node else None,
             "fixed_landmarks": fixed_landmarks_node.GetName() if fixed_landmarks_node else None,
             "moving_landmarks": moving_landmarks_node.GetName() if moving_landmarks_node else None,
             "initial_transform": initial_transform_node.GetName() if initial_transform_node else None,
-        }
+        },
+        output_transform_node=output_transform_node,
+        create_resampled_volume=create_resampled_volume,
+    )
+
+
+class SceneChanges:
+    """The scene side of one run (main thread only): the output node, the live preview, the outputs.
+
+    Created at the start of a run: records what :meth:`rollback` restores (the moving volume's parent transform,
+    the user's output node's transform and attributes) and creates the output transform node if none was given.
+    """
+
+    def __init__(self, scene, prepared: PreparedRegistration, *, output_transform_node=None,
+                 output_transform_name: str | None = None, live_preview: bool = True, preview_interval_s: float = 0.1):
+        self.scene = scene
+        self.prepared = prepared
+        self.live_preview = live_preview
+        self.preview_interval_s = preview_interval_s
+        self.preview_updates = 0
+        self._last_preview = 0.0
+        self.created = []
+        moving_node = prepared.moving_node
+        parent = moving_node.GetParentTransformNode()
+        self._previous_parent_id = parent.GetID() if parent else None
+        self._previous_output = None
+        self._previous_attr = None
+        if output_transform_node is not None:
+            # A detached copy of the user's node (its transform and attributes), put back on failure.
+            self._previous_output = slicer.vtkMRMLTransformNode()
+            self._previous_output.CopyContent(output_transform_node, True)
+            self._previous_attr = output_transform_node.GetAttribute(mrml.DIRECTION_ATTRIBUTE)
+        else:
+            output_transform_node = scene.AddNewNodeByClass(
+                "vtkMRMLTransformNode",
+                output_transform_name or default_transform_name(prepared.fixed_node, moving_node))
+            self.created.append(output_transform_node)
+        self.output_transform_node = output_transform_node
+        if live_preview:
+            moving_node.SetAndObserveTransformNodeID(output_transform_node.GetID())
+
+    def preview(self, p) -> bool:
+        """Show the optimiser's current transform (a Progress report) on the output node; throttled."""
+        if not self.live_preview or p._transform_factory is None:
+            return False
+        now = time.perf_counter()
+        if now - self._last_preview < self.preview_interval_s:
+            return False
+        tx = p.transform_fixed_to_moving_lps()
+        if tx is None or (tx.GetDimension() == 2 and not tx.IsLinear()):
+            return False  # 2D B-spline preview goes through a 3D embedding at the end only
+        mrml.set_transform_fixed_to_moving(self.output_transform_node, _embed_3d(tx))
+        self.preview_updates += 1
+        self._last_preview = now
+        return True
+
+    def commit(self, result, resampled=None, *, create_convergence_outputs: bool = True) -> SceneRegistrationOutputs:
+        scene = self.scene
+        fixed_node, moving_node = self.prepared.fixed_node, self.prepared.moving_node
+        output_transform_node = self.output_transform_node
+        created = self.created
+        mrml.set_transform_fixed_to_moving(output_transform_node, _embed_3d(result.transform_fixed_to_moving_lps))
+        mrml.set_volume_references(output_transform_node, fixed_node, moving_node)
+        moving_node.SetAndObserveTransformNodeID(output_transform_node.GetID())
+        outputs = SceneRegistrationOutputs(output_transform_node, result, preview_updates=self.preview_updates)
+
+        provenance = result.provenance()
+        provenance["scene_inputs"] = dict(self.prepared.scene_inputs)
         provenance["output_transform"] = {
             "node": output_transform_node.GetName(),
             "meaning": mrml.DIRECTION_FIXED_TO_MOVING,
@@ -217,21 +314,21 @@ def register_volume_nodes(
             chart.SetYAxisTitle("metric (lower is better)")
             outputs.trace_chart_node = chart
 
-        if create_resampled_volume:
-            resampled = result.resample_moving(fixed, moving)
+        if resampled is not None:
             node = mrml.volume_node_from_image(scene, resampled, f"{moving_node.GetName()} resampled")
             created.append(node)
             outputs.resampled_node = node
         outputs.created_nodes = list(created)
         return outputs
-    except BaseException:
-        # Put the scene back as it was: the moving volume's parent, the user's output node, no new nodes.
-        moving_node.SetAndObserveTransformNodeID(previous_parent_id)
-        if previous_output_transform is not None:
-            output_transform_node.CopyContent(previous_output_transform, True)
-            output_transform_node.SetAttribute(mrml.DIRECTION_ATTRIBUTE, previous_attr)
-        mrml.remove_nodes(scene, reversed(created))
-        raise
+
+    def rollback(self) -> None:
+        """Put the scene back as it was: the moving volume's parent, the user's output node, no new nodes."""
+        self.prepared.moving_node.SetAndObserveTransformNodeID(self._previous_parent_id)
+        if self._previous_output is not None:
+            self.output_transform_node.CopyContent(self._previous_output, True)
+            self.output_transform_node.SetAttribute(mrml.DIRECTION_ATTRIBUTE, self._previous_attr)
+        mrml.remove_nodes(self.scene, reversed(self.created))
+        self.created = []
 
 
 def _embed_3d(tx):
