@@ -170,9 +170,11 @@ class CrossModalRegValidationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.ui.applyButton.toolTip = _("Compute the validation tables") if ready else why
 
     def _inputWidgets(self) -> list:
-        """Every widget of the panel but the Apply/Cancel button and the status line: locked during a run."""
-        keep = {"applyButton", "statusLabel"}
-        return [w for name, w in vars(self.ui).items() if name not in keep and hasattr(w, "enabled")]
+        """Every widget of the panel but the Apply/Cancel button, the status line and their parents: locked during
+        a run."""
+        keep = (self.ui.applyButton, self.ui.statusLabel)
+        return [w for w in vars(self.ui).values()
+                if hasattr(w, "enabled") and w not in keep and not any(w.isAncestorOf(k) for k in keep)]
 
     def onApplyButton(self) -> None:
         from CrossModalRegLib.errors import RegistrationCancelled
@@ -285,12 +287,11 @@ class CrossModalRegValidationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def showResults(p) -> None:
-        """Show the summary table and the TRE plot in the view layout (GUI only)."""
-        if p.summaryTable is not None:
-            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(p.summaryTable.GetID())
-            slicer.app.applicationLogic().PropagateTableSelection()
-        if p.plotChart is not None:
-            slicer.modules.plots.logic().ShowChartInLayout(p.plotChart)
+        """Show the summary table and the TRE plot in the view layout (a layout with a plot view if needed)."""
+        from CrossModalRegLib.views import show_results_in_layout
+
+        show_results_in_layout(slicer.mrmlScene, slicer.app.applicationLogic(), table=p.summaryTable,
+                               chart=p.plotChart)
 
 
 #

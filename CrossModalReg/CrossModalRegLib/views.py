@@ -54,3 +54,30 @@ def jump_slices_to_point(scene, point_ras, *, centered: bool = True) -> int:
     mode = slicer.vtkMRMLSliceNode.CenteredJumpSlice if centered else slicer.vtkMRMLSliceNode.OffsetJumpSlice
     slicer.vtkMRMLSliceNode.JumpAllSlices(scene, x, y, z, mode)
     return len(slice_nodes(scene))
+
+
+PLOT_LAYOUTS = ("SlicerLayoutConventionalPlotView", "SlicerLayoutFourUpPlotView", "SlicerLayoutFourUpPlotTableView",
+                "SlicerLayoutOneUpPlotView", "SlicerLayoutThreeOverThreePlotView")
+
+
+def show_results_in_layout(scene, app_logic, *, table=None, chart=None) -> None:
+    """Show ``table`` in the table view and ``chart`` in the plot view, switching to a layout with a plot view
+    (four-up with plot) when the current one has none: what the Plots module's ``ShowChartInLayout`` does, through
+    the layout, selection and plot view nodes only.
+    """
+    import slicer
+
+    selection = app_logic.GetSelectionNode()
+    if chart is not None:
+        layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+        if layout is not None:
+            plot_layouts = {getattr(slicer.vtkMRMLLayoutNode, name) for name in PLOT_LAYOUTS}
+            if layout.GetViewArrangement() not in plot_layouts:
+                layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
+        selection.SetActivePlotChartID(chart.GetID())
+        app_logic.PropagatePlotChartSelection()
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLPlotViewNode")):
+            scene.GetNthNodeByClass(i, "vtkMRMLPlotViewNode").SetPlotChartNodeID(chart.GetID())
+    if table is not None:
+        selection.SetActiveTableID(table.GetID())
+        app_logic.PropagateTableSelection()
