@@ -20,7 +20,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode, vtkMRMLTransformNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode, vtkMRMLTransformNode, vtkMRMLVectorVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -69,8 +69,10 @@ class CrossModalRegLandmarksParameterNode:
     fleMm: RMS fiducial localisation error for the expected TRE map (0: use the measured FLE).
     """
 
-    fixedVolume: vtkMRMLScalarVolumeNode
-    movingVolume: vtkMRMLScalarVolumeNode
+    # Scalar and RGB (histology) volumes; the .ui hides subclasses (label maps). parameterNodeWrapper replaces the
+    # selector's nodeTypes with these classes.
+    fixedVolume: vtkMRMLScalarVolumeNode | vtkMRMLVectorVolumeNode | None
+    movingVolume: vtkMRMLScalarVolumeNode | vtkMRMLVectorVolumeNode | None
     protocolFile: pathlib.Path
     sessionFolder: pathlib.Path
     annotator: str = ""
@@ -173,7 +175,8 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.fixedVolume:
-            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            volumes = [v for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                       if not v.IsA("vtkMRMLLabelMapVolumeNode")]
             if volumes:
                 self._parameterNode.fixedVolume = volumes[0]
 

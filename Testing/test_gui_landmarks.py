@@ -314,3 +314,22 @@ def test_screenshot_of_the_panel(lm, slot_errors):
     pixmap = m.grab(out / "CrossModalRegLandmarks.png", width=500)
     assert pixmap.width() >= 400 and pixmap.height() > 600
     assert not slot_errors
+
+
+def test_volume_selectors_offer_scalar_and_rgb_volumes_not_label_maps(module_widget, slicer_gui, slot_errors):
+    import slicer
+
+    scene = slicer_gui.scene
+    mr = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR")
+    slicer.util.updateVolumeFromArray(mr, np.zeros((4, 5, 6), np.float32))
+    rgb = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "H&E section")
+    slicer.util.updateVolumeFromArray(rgb, np.zeros((1, 5, 6, 3), np.uint8))
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
+    slicer.util.updateVolumeFromArray(label, np.zeros((4, 5, 6), np.uint8))
+    m = module_widget("CrossModalRegLandmarks")
+    m.enter()
+    for selector in (m.ui.fixedVolumeSelector, m.ui.movingVolumeSelector):
+        listed = {selector.nodeFromIndex(i).GetID() for i in range(selector.nodeCount())}
+        assert listed == {mr.GetID(), rgb.GetID()}, selector.name
+    assert m.widget._parameterNode.fixedVolume is mr
+    assert not slot_errors
