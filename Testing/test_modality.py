@@ -136,3 +136,17 @@ def test_bad_selections_are_refused(scene, shared_data):
         guess_roles_and_preset(scene, [a])
     with pytest.raises(CrossModalRegError, match="selected twice"):
         guess_roles_and_preset(scene, [a, a])
+
+
+def test_the_pair_after_loading_is_the_new_volumes_then_the_selection(scene, shared_data):
+    from CrossModalRegLib.modality import pair_after_loading, volume_ids
+
+    selected = _node(scene, shared_data, "EPI")
+    scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "a mask")
+    before = volume_ids(scene)
+    assert before == {selected.GetID()}
+    loaded = _node(scene, shared_data, "T1 (epi_t1)")  # what Add Data loaded
+    assert pair_after_loading(scene, before, (selected, None)) == [loaded, selected]
+    second = _node(scene, shared_data, "resect US")
+    assert pair_after_loading(scene, before, (selected, None)) == [loaded, second]
+    assert pair_after_loading(scene, volume_ids(scene), (selected, selected)) == [selected]

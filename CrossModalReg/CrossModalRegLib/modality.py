@@ -301,3 +301,30 @@ def guess_roles_and_preset(scene, nodes, *, dicom_value=None):
     name, preset, fixed, moving = chosen
     reasons.append(why + ". " + preset.get("when_to_use", ""))
     return fixed, moving, name, reasons, warnings
+
+
+def volume_ids(scene) -> set:
+    """IDs of the image volumes (scalar and vector, not label maps) in ``scene``: record before a load."""
+    out = set()
+    for cls in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"):
+        for i in range(scene.GetNumberOfNodesByClass(cls)):
+            node = scene.GetNthNodeByClass(i, cls)
+            if not node.IsA("vtkMRMLLabelMapVolumeNode"):
+                out.add(node.GetID())
+    return out
+
+
+def pair_after_loading(scene, ids_before, current=()) -> list:
+    """The two volumes to guess roles for after a load: the newly added image volumes first (in scene order),
+    then the currently selected ones (``current``: fixed, moving; None entries skipped), without repeats."""
+    new = []
+    for cls in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"):
+        for i in range(scene.GetNumberOfNodesByClass(cls)):
+            node = scene.GetNthNodeByClass(i, cls)
+            if node.GetID() not in ids_before and not node.IsA("vtkMRMLLabelMapVolumeNode") and node not in new:
+                new.append(node)
+    out = []
+    for node in new + [n for n in current if n is not None]:
+        if all(node.GetID() != o.GetID() for o in out):
+            out.append(node)
+    return out[:2]
