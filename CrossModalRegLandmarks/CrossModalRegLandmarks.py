@@ -275,8 +275,14 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def _onPointsSaved(self, labels) -> None:
         """A click was saved: show the next landmark; leave place mode when the image is complete."""
         self._showNextLandmark()
-        if self._placingImage is not None and self.logic.session is not None:
-            if self.logic.nextLabel(self._parameterNode, self._placingImage) is None:
+        if self._placingImage is not None and self.logic.session is not None and self._parameterNode:
+            from CrossModalRegLib.errors import CrossModalRegError
+
+            try:
+                complete = self.logic.nextLabel(self._parameterNode, self._placingImage) is None
+            except CrossModalRegError:  # the annotator was changed without restarting the session
+                complete = False
+            if complete:
                 self.logic.stopPlacing()
                 self._placingImage = None
 
