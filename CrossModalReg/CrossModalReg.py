@@ -155,6 +155,9 @@ class CrossModalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """GUI binding only: parameter node <-> widgets, Apply/Cancel, progress, errors."""
 
     POLL_INTERVAL_MS = 50
+    #: Each poll waits this long for the worker (thread join, which releases the GIL): Slicer's main thread may
+    #: hold the GIL while idle in the Qt event loop, and the worker's Python parts would then starve.
+    WORKER_SLICE_S = 0.03
     FLICKER_INTERVAL_MS = 500
 
     def __init__(self, parent=None) -> None:
@@ -345,6 +348,7 @@ class CrossModalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is None:
             self._pollTimer.stop()
             return
+        job.wait(self.WORKER_SLICE_S)
         progress = job.poll()
         if progress is not None:
             self.ui.progressBar.value = int(round(100 * progress.fraction))

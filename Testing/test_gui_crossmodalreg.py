@@ -398,3 +398,13 @@ def test_metadata_for_the_extensions_index(module_widget):
         assert (root / url[len(prefix):]).is_file(), url
     contributors = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]*)"\)', top).group(1)
     assert all(re.fullmatch(r"[^()]+ \([^()]+\)", c.strip()) for c in contributors.split(",")), contributors
+
+
+def test_every_panel_renders_with_nothing_clipped(slicer_gui, tmp_path):
+    """The panels fit Slicer's module panel width and no control is cut off (what docs/screenshots shows)."""
+    from slicer_gui import screenshots
+
+    for name, (path, problems) in screenshots.render_all(tmp_path, env=slicer_gui).items():
+        assert path.stat().st_size > 10_000, name
+        assert not problems, f"{name}: {problems}"
+        assert (screenshots.ROOT / "docs" / "screenshots" / f"{name}.png").is_file(), "run screenshots.py"
