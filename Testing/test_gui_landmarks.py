@@ -311,7 +311,10 @@ def test_screenshot_of_the_panel(lm, slot_errors):
     assert "fixed: next 'L3' anatomical point 3" in m.ui.nextLandmarkLabel.text
     out = root / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
-    pixmap = m.grab(out / "CrossModalRegLandmarks.png", width=500)
+    from slicer_gui import screenshots
+
+    pixmap = m.grab(out / "CrossModalRegLandmarks.png", width=screenshots.WIDTH)
+    assert not screenshots.clipped_controls(m.panel._qobj)  # every control readable, nothing cut off
     assert pixmap.width() >= 400 and pixmap.height() > 600
     assert not slot_errors
 

@@ -192,6 +192,9 @@ def test_screenshot_of_the_panel(case, slot_errors):
     m.ui.outputsCollapsibleButton.collapsed = False  # show the output nodes the run filled
     out = root / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
-    pixmap = m.grab(out / "CrossModalRegValidation.png", width=500)
+    from slicer_gui import screenshots
+
+    pixmap = m.grab(out / "CrossModalRegValidation.png", width=screenshots.WIDTH)
+    assert not screenshots.clipped_controls(m.panel._qobj)  # every control readable, nothing cut off
     assert pixmap.width() >= 400 and pixmap.height() > 500
     assert not slot_errors
