@@ -7,7 +7,9 @@ thin-plate spline) with FRE and leave-one-out TRE, and the expected TRE map of F
 
 The computing lives in ``CrossModalRegLib.landmarks`` (Qt-free, tested headless); this file binds the GUI to a
 parameter node and delegates to it. Transforms map FIXED points to MOVING points (the moving volume goes under the
-output transform node).
+output transform node, and so do the moving image's annotation and consensus nodes). Every point is saved in its
+image's OWN space (LPS mm of that image's grid, before any registration transform), also when it is clicked on
+the moving image displayed through the registration.
 """
 
 import logging
@@ -15,9 +17,10 @@ import os
 import pathlib
 from typing import Annotated
 
+import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode, vtkMRMLTransformNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode, vtkMRMLTransformNode, vtkMRMLVectorVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -66,8 +69,10 @@ class CrossModalRegLandmarksParameterNode:
     fleMm: RMS fiducial localisation error for the expected TRE map (0: use the measured FLE).
     """
 
-    fixedVolume: vtkMRMLScalarVolumeNode
-    movingVolume: vtkMRMLScalarVolumeNode
+    # Scalar and RGB (histology) volumes; the .ui hides subclasses (label maps). parameterNodeWrapper replaces the
+    # selector's nodeTypes with these classes.
+    fixedVolume: vtkMRMLScalarVolumeNode | vtkMRMLVectorVolumeNode | None
+    movingVolume: vtkMRMLScalarVolumeNode | vtkMRMLVectorVolumeNode | None
     protocolFile: pathlib.Path
     sessionFolder: pathlib.Path
     annotator: str = ""
@@ -85,8 +90,19 @@ class CrossModalRegLandmarksParameterNode:
     expectedTreVolume: vtkMRMLScalarVolumeNode
 
 
+OUTPUT_ATTRIBUTE = "CrossModalRegLandmarks.output"
+
+
 def _isSet(path) -> bool:
     return path is not None and str(path) not in ("", ".")
+
+
+def _format(value) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return ""
+    return "" if v != v else f"{v:.2f}"
 
 
 #
@@ -101,6 +117,9 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._busy = False
+        self._cancelRequested = False
+        self._placingImage = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -123,6 +142,8 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.expectedTreButton.connect("clicked(bool)", self.onExpectedTre)
         self.ui.importButton.connect("clicked(bool)", self.onImport)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.landmarkErrorTable.connect("cellClicked(int,int)", self.onLandmarkErrorRowClicked)
+        self.ui.landmarkErrorTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
 
         self.initializeParameterNode()
 
@@ -141,9 +162,11 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        # Every change is already saved: closing the scene only stops recording.
+        # Every change is already saved: closing the scene only stops recording (and cancels a running map).
+        self._cancelRequested = self._cancelRequested or self._busy
         self.logic.closeSession()
         self.setParameterNode(None)
+        self._fillLandmarkErrorTable()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -152,21 +175,82 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.fixedVolume:
-            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            volumes = [v for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                       if not v.IsA("vtkMRMLLabelMapVolumeNode")]
             if volumes:
                 self._parameterNode.fixedVolume = volumes[0]
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            if self._parameterNodeGuiTag is not None:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            # exit() already removed the observer when the module was left: do not remove it twice (warns)
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
             self._updateButtons()
 
+    def _inputWidgets(self) -> list:
+        """Every widget that changes the inputs or starts work; locked while work runs."""
+        names = ("fixedVolumeSelector", "movingVolumeSelector", "protocolPathLineEdit", "sessionFolderLineEdit",
+                 "annotatorLineEdit", "repeatSpinBox", "blindedCheckBox", "startSessionButton", "placeFixedButton",
+                 "placeMovingButton", "consensusComboBox", "outlierFactorSpinBox", "outlierDistanceSpinBox",
+                 "landmarkTableSelector", "annotatorTableSelector", "computeStatisticsButton", "modelComboBox",
+                 "registrationTableSelector", "outputTransformSelector", "registerButton", "fleSpinBox",
+                 "expectedTreSelector", "expectedTreButton", "importPathLineEdit", "importFixedRadioButton",
+                 "importMovingRadioButton", "importButton", "exportFolderLineEdit", "exportButton",
+                 "landmarkErrorTable")
+        return [getattr(self.ui, n) for n in names]
+
+    def _runLocked(self, errorText, work, cancelButton=None):
+        """Run ``work()`` with every input locked (no second start, no input change mid-run).
+
+        With ``cancelButton`` the button turns into "Cancel" for the run; ``work`` gets a progress callback that
+        keeps the GUI alive and stops the work (nothing added to the scene) when Cancel is pressed or the scene is
+        closed. Errors are shown to the user. Returns what ``work`` returned, or None.
+        """
+        from CrossModalRegLib.errors import RegistrationCancelled
+
+        if self._busy:
+            return None
+        self._busy, self._cancelRequested = True, False
+        for w in self._inputWidgets():
+            w.enabled = False
+        oldText = None
+        if cancelButton is not None:
+            oldText = cancelButton.text
+            cancelButton.text = _("Cancel")
+            cancelButton.enabled = True
+        result = None
+        try:
+            with slicer.util.tryWithErrorDisplay(errorText, waitCursor=cancelButton is None):
+                try:
+                    result = work(self._progress)
+                except RegistrationCancelled:
+                    self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
+        finally:
+            self._busy = False
+            if cancelButton is not None:
+                cancelButton.text = oldText
+            for w in self._inputWidgets():
+                w.enabled = True
+            self._updateButtons()
+        return result
+
+    def _progress(self, fraction) -> None:
+        from CrossModalRegLib.errors import RegistrationCancelled
+
+        self.ui.statusLabel.text = _("Computing: {percent:.0f}%").format(percent=100.0 * float(fraction))
+        slicer.app.processEvents()
+        if self._cancelRequested:
+            raise RegistrationCancelled(_("Cancelled by the user"))
+
     def _updateButtons(self, caller=None, event=None) -> None:
+        if self._busy:
+            return
         p = self._parameterNode
         ready = bool(p and p.annotator.strip() and _isSet(p.sessionFolder))
         self.ui.startSessionButton.enabled = ready
@@ -185,12 +269,32 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
     def onStartSession(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start the annotation session."), waitCursor=True):
-            self.logic.startSession(self._parameterNode)
+            self.logic.startSession(self._parameterNode, onChange=self._onPointsSaved, onError=self._onSaveFailed)
             self._updateButtons()
+
+    def _onPointsSaved(self, labels) -> None:
+        """A click was saved: show the next landmark; leave place mode when the image is complete."""
+        self._showNextLandmark()
+        if self._placingImage is not None and self.logic.session is not None and self._parameterNode:
+            from CrossModalRegLib.errors import CrossModalRegError
+
+            try:
+                complete = self.logic.nextLabel(self._parameterNode, self._placingImage) is None
+            except CrossModalRegError:  # the annotator was changed without restarting the session
+                complete = False
+            if complete:
+                self.logic.stopPlacing()
+                self._placingImage = None
+
+    def _onSaveFailed(self, error) -> None:
+        # Called from the recorder (a VTK observer): the point is shown but not saved; the user must know.
+        self.ui.statusLabel.text = _("Landmark NOT saved: see the error message.")
+        slicer.util.errorDisplay(_("The landmark was not saved.") + "\n\n" + str(error))
 
     def onPlaceNext(self, image) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start placing."), waitCursor=False):
             self.logic.startPlacing(self._parameterNode, image)
+            self._placingImage = image
             self._showNextLandmark()
 
     def onBlindedToggled(self, blinded) -> None:
@@ -198,22 +302,49 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.logic.applyBlinding(self._parameterNode)
 
     def onComputeStatistics(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to compute the landmark statistics."), waitCursor=True):
-            self.logic.computeStatistics(self._parameterNode)
+        self._runLocked(_("Failed to compute the landmark statistics."),
+                        lambda progress: self.logic.computeStatistics(self._parameterNode))
 
     def onRegister(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to compute the point-based registration."), waitCursor=True):
-            self.logic.computeRegistration(self._parameterNode)
+        result = self._runLocked(_("Failed to compute the point-based registration."),
+                                 lambda progress: self.logic.computeRegistration(self._parameterNode))
+        if result is not None:
+            self.ui.statusLabel.text = _("Registered ({model}): FRE {fre:.2f} {units} RMS").format(
+                model=result.model, fre=result.fre_rms, units=result.units)
+        self._fillLandmarkErrorTable()
 
     def onExpectedTre(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to compute the expected TRE map."), waitCursor=True):
-            self.logic.computeExpectedTreMap(self._parameterNode)
+        if self._busy:  # the button is "Cancel" while the map is computed
+            self._cancelRequested = True
+            return
+        node = self._runLocked(_("Failed to compute the expected TRE map."),
+                               lambda progress: self.logic.computeExpectedTreMap(self._parameterNode,
+                                                                                 progress=progress),
+                               cancelButton=self.ui.expectedTreButton)
+        if node is not None:
+            self.ui.statusLabel.text = _("Expected TRE map: '{name}'").format(name=node.GetName())
+
+    def _fillLandmarkErrorTable(self) -> None:
+        """One row per landmark of the last registration: label, FRE, leave-one-out TRE (click to jump)."""
+        rows = self.logic.landmarkErrorRows() if self.logic else []
+        table = self.ui.landmarkErrorTable
+        table.setRowCount(len(rows))
+        for i, row in enumerate(rows):
+            for j, text in enumerate((row["label"], _format(row["fre"]), _format(row["loo_tre"]))):
+                table.setItem(i, j, qt.QTableWidgetItem(text))
+
+    def onLandmarkErrorRowClicked(self, row, column) -> None:
+        rows = self.logic.landmarkErrorRows()
+        if 0 <= row < len(rows):
+            with slicer.util.tryWithErrorDisplay(_("Failed to jump to the landmark."), waitCursor=False):
+                self.logic.jumpToLandmark(rows[row]["label"])
 
     def onImport(self) -> None:
         path = self.ui.importPathLineEdit.currentPath
         image = "moving" if self.ui.importMovingRadioButton.checked else "fixed"
         with slicer.util.tryWithErrorDisplay(_("Failed to import the landmark file."), waitCursor=True):
-            self.logic.importLandmarkFile(self._parameterNode, path, image)
+            self.logic.importLandmarkFile(self._parameterNode, path, image, onChange=self._onPointsSaved,
+                                          onError=self._onSaveFailed)
             self._updateButtons()
 
     def onExport(self) -> None:
@@ -240,15 +371,19 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         self.nodes = {}       # (annotator, image, repeat) -> annotation markups node
         self.recorders = {}   # same keys -> SessionRecorder
         self.statistics = None
+        self.consensus = {}   # image -> consensus markups node (in that image's own space)
+        self.registration = None  # the last PointRegistrationResult (fixed -> moving)
 
     def getParameterNode(self):
         return CrossModalRegLandmarksParameterNode(super().getParameterNode())
 
     # ----------------------------------------------------------------------------------------------- session
-    def startSession(self, parameterNode):
+    def startSession(self, parameterNode, onChange=None, onError=None):
         """Open the session folder (or create it from the protocol) and start recording the annotator's points.
 
-        Returns the session. Existing annotations of every annotator are loaded as nodes.
+        Returns the session. Existing annotations of every annotator are loaded as nodes, each under its image's
+        parent transform (so saved positions are in the image's own space). ``onChange(labels)`` is called after
+        every saved click, ``onError(exception)`` when a click could not be saved (the widget shows it).
         """
         from CrossModalRegLib.errors import CrossModalRegError
         from CrossModalRegLib.landmarks import AnnotationSession, load_protocol, mrml_layer
@@ -267,8 +402,9 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
                 raise CrossModalRegError(_("Choose a protocol file to start a new session in an empty folder."))
             protocol = load_protocol(str(parameterNode.protocolFile))
         self.closeSession(removeNodes=True)  # every point is saved already; the nodes are rebuilt from the folder
+        volumes = {"fixed": parameterNode.fixedVolume, "moving": parameterNode.movingVolume}
         if resume:
-            session, nodes = mrml_layer.load_session_into_scene(slicer.mrmlScene, folder)
+            session, nodes = mrml_layer.load_session_into_scene(slicer.mrmlScene, folder, volumes=volumes)
         else:
             fixedName = parameterNode.fixedVolume.GetName() if parameterNode.fixedVolume else ""
             movingName = parameterNode.movingVolume.GetName() if parameterNode.movingVolume else ""
@@ -278,12 +414,13 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
             key = (annotator, image, int(parameterNode.repeat))
             if key not in nodes:
                 nodes[key] = mrml_layer.create_annotation_node(slicer.mrmlScene, session, annotator, image,
-                                                               repeat=key[2])
+                                                               repeat=key[2], image_volume=volumes[image])
         self.session, self.nodes = session, nodes
         for key, node in nodes.items():
             if key[0] == annotator and key[2] == int(parameterNode.repeat):
                 node.SetLocked(False)
-                self.recorders[key] = mrml_layer.SessionRecorder(session, node)
+                self.recorders[key] = mrml_layer.SessionRecorder(session, node, image_volume=volumes[key[1]],
+                                                                 on_change=onChange, on_error=onError)
             else:
                 node.SetLocked(True)  # other annotators' (or other repeats') points are read-only here
         self.applyBlinding(parameterNode)
@@ -301,6 +438,9 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
             remove_nodes(slicer.mrmlScene, list(self.nodes.values()))
         self.nodes = {}
         self.session = None
+        self.statistics = None
+        self.registration = None
+        self.consensus = {}
 
     def _currentNode(self, parameterNode, image):
         from CrossModalRegLib.errors import CrossModalRegError
@@ -324,12 +464,27 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
                     parts.append(_("{image}: next '{label}' {what}").format(image=image, label=label, what=what))
         return "\n".join(parts) if parts else _("No session")
 
+    def nextLabel(self, parameterNode, image):
+        """Label of the current annotator's next unplaced landmark on ``image`` (None when complete)."""
+        from CrossModalRegLib.landmarks import mrml_layer
+
+        return mrml_layer.next_unplaced_label(self._currentNode(parameterNode, image))
+
     def startPlacing(self, parameterNode, image) -> None:
-        """Make the annotator's node on ``image`` active and enter place mode for its next unplaced landmark."""
+        """Show ``image`` in the slice views, make the annotator's node on it active and enter place mode for its
+        next unplaced landmark."""
+        from CrossModalRegLib import views
+        from CrossModalRegLib.errors import CrossModalRegError
         from CrossModalRegLib.landmarks import mrml_layer
 
         node = self._currentNode(parameterNode, image)
+        volume = parameterNode.fixedVolume if image == "fixed" else parameterNode.movingVolume
+        if volume is None:
+            raise CrossModalRegError(_("Select the {image} volume: it is shown in the views while you place its "
+                                       "landmarks.").format(image=image))
+        views.show_volume_in_slice_views(slicer.mrmlScene, volume)
         if mrml_layer.prepare_next_placement(node) < 0:
+            self.stopPlacing()
             return
         selectionNode = slicer.app.applicationLogic().GetSelectionNode()
         selectionNode.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
@@ -338,18 +493,38 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         interactionNode.SetPlaceModePersistence(1)
         interactionNode.SetCurrentInteractionMode(interactionNode.Place)
 
+    @staticmethod
+    def stopPlacing() -> None:
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        interactionNode.SetCurrentInteractionMode(interactionNode.ViewTransform)
+
     def applyBlinding(self, parameterNode) -> None:
         from CrossModalRegLib.landmarks import mrml_layer
 
         mrml_layer.set_blinded(list(self.nodes.values()), parameterNode.annotator.strip(), parameterNode.blinded)
 
     # ----------------------------------------------------------------------------------------------- analysis
+    def _checkOutputs(self, p) -> None:
+        from CrossModalRegLib.outputs import check_outputs
+
+        check_outputs(
+            {_("fixed volume"): p.fixedVolume, _("moving volume"): p.movingVolume},
+            {_("landmark table"): p.landmarkTable, _("annotator table"): p.annotatorTable,
+             _("registration table"): p.registrationTable, _("output transform"): p.outputTransform,
+             _("expected TRE map"): p.expectedTreVolume},
+            protected_transforms={_("fixed volume"): p.fixedVolume})
+
     def computeStatistics(self, parameterNode):
-        """Statistics tables and consensus nodes of the current session; returns the SessionStatistics."""
+        """Statistics tables and consensus nodes of the current session; returns the SessionStatistics.
+
+        Repeated calls update the same tables and consensus nodes.
+        """
         from CrossModalRegLib.landmarks import mrml_layer, session_statistics
 
+        self._checkOutputs(parameterNode)
+        session = self._requireSession()
         stats = session_statistics(
-            self._requireSession(), consensus=parameterNode.consensusMethod,
+            session, consensus=parameterNode.consensusMethod,
             outlier_distance=parameterNode.outlierDistanceMm or None,
             outlier_factor=parameterNode.outlierFactor or None)
         tables = stats.tables()
@@ -364,8 +539,12 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         for name in ("summary", "repeatability"):
             if name in tables:
                 cols, rows = tables[name]
-                table_node_from_rows(slicer.mrmlScene, f"Landmark {name}", cols, rows)
-        mrml_layer.consensus_nodes(slicer.mrmlScene, stats)
+                tag = f"{session.folder}|{name}"
+                node = mrml_layer.find_output_node(slicer.mrmlScene, "vtkMRMLTableNode", OUTPUT_ATTRIBUTE, tag)
+                node = table_node_from_rows(slicer.mrmlScene, f"Landmark {name}", cols, rows, node=node)
+                node.SetAttribute(OUTPUT_ATTRIBUTE, tag)
+        self.consensus = mrml_layer.consensus_nodes(
+            slicer.mrmlScene, stats, volumes={"fixed": parameterNode.fixedVolume, "moving": parameterNode.movingVolume})
         self.statistics = stats
         return stats
 
@@ -377,14 +556,20 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         return self.session
 
     def computeRegistration(self, parameterNode):
-        """Point-based registration of the consensus landmarks (fixed -> moving) into the output transform."""
+        """Point-based registration of the consensus landmarks (fixed -> moving) into the output transform.
+
+        The moving volume goes under the output transform, and so do the moving image's annotation and consensus
+        nodes (they hold moving-image coordinates): later clicks on the moving image are saved in its own space.
+        Repeated calls update the same transform and table.
+        """
         from CrossModalRegLib import mrml
         from CrossModalRegLib.errors import CrossModalRegError
         from CrossModalRegLib.landmarks import mrml_layer, pair_landmarks, register_points
         from CrossModalRegLib.landmarks.report import registration_columns, registration_rows
         from CrossModalRegLib.tables import table_node_from_rows
 
-        stats = self.statistics or self.computeStatistics(parameterNode)
+        self._checkOutputs(parameterNode)
+        stats = self.computeStatistics(parameterNode)  # always from the points as saved now
         if not {"fixed", "moving"} <= set(stats.per_image):
             raise CrossModalRegError(_("Both images need at least two annotators before registering."))
         fixed, moving = stats.per_image["fixed"], stats.per_image["moving"]
@@ -402,16 +587,51 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
             slicer.mrmlScene, "Landmark registration", registration_columns(result.units), registration_rows(result),
             node=parameterNode.registrationTable)
         reference = mrml.image_from_volume_node(parameterNode.fixedVolume) if parameterNode.fixedVolume else None
-        if parameterNode.outputTransform:
-            slicer.mrmlScene.RemoveNode(parameterNode.outputTransform)
         parameterNode.outputTransform = mrml_layer.registration_transform_node(
-            slicer.mrmlScene, result, reference_image=reference)
-        if parameterNode.movingVolume:
-            parameterNode.movingVolume.SetAndObserveTransformNodeID(parameterNode.outputTransform.GetID())
+            slicer.mrmlScene, result, reference_image=reference, node=parameterNode.outputTransform)
+        moving = parameterNode.movingVolume
+        if moving:
+            moving.SetAndObserveTransformNodeID(parameterNode.outputTransform.GetID())
+            for (_annotator, image, _repeat), node in self.nodes.items():
+                if image == "moving":
+                    mrml_layer.attach_to_image_transform(node, moving)
+            if "moving" in self.consensus:
+                mrml_layer.attach_to_image_transform(self.consensus["moving"], moving)
+        self.registration = result
         return result
 
-    def computeExpectedTreMap(self, parameterNode):
-        """Expected rigid-registration TRE (mm) on the fixed volume's grid from the fixed consensus landmarks."""
+    def landmarkErrorRows(self) -> list:
+        """Per landmark of the last registration: label, FRE and leave-one-out TRE (units of the session)."""
+        r = self.registration
+        if r is None:
+            return []
+        return [{"label": lab, "fre": float(r.fre[i]), "loo_tre": float(r.loo_tre[i]), "units": r.units}
+                for i, lab in enumerate(r.labels)]
+
+    def jumpToLandmark(self, label, image="fixed"):
+        """Centre the slice views on the consensus of ``label`` on ``image`` (where it is displayed, world RAS)."""
+        from CrossModalRegLib import views
+        from CrossModalRegLib.errors import CrossModalRegError
+
+        node = self.consensus.get(image)
+        if node is None:
+            raise CrossModalRegError(_("Compute the statistics first (no consensus on the {image} image).").format(
+                image=image))
+        for i in range(node.GetNumberOfControlPoints()):
+            if node.GetNthControlPointLabel(i) == label:
+                world = [0.0, 0.0, 0.0]
+                node.GetNthControlPointPositionWorld(i, world)
+                views.jump_slices_to_point(slicer.mrmlScene, world)
+                return world
+        raise CrossModalRegError(_("Landmark '{label}' has no consensus on the {image} image.").format(
+            label=label, image=image))
+
+    def computeExpectedTreMap(self, parameterNode, progress=None):
+        """Expected rigid-registration TRE (mm) on the fixed volume's grid from the fixed consensus landmarks.
+
+        The output node is updated in place (never the fixed or moving volume: refused). ``progress(fraction)``
+        is called per slice; an exception from it cancels with nothing added to the scene.
+        """
         import numpy as np
 
         from CrossModalRegLib.errors import CrossModalRegError
@@ -419,6 +639,7 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
 
         if not parameterNode.fixedVolume:
             raise CrossModalRegError(_("Select the fixed volume."))
+        self._checkOutputs(parameterNode)
         stats = self.statistics or self.computeStatistics(parameterNode)
         fixed = stats.per_image.get("fixed")
         if fixed is None:
@@ -428,14 +649,13 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         if not fle:
             moving = stats.per_image.get("moving")
             fle = float(np.hypot(fixed.fle_overall, moving.fle_overall if moving else fixed.fle_overall))
-        if parameterNode.expectedTreVolume:
-            slicer.mrmlScene.RemoveNode(parameterNode.expectedTreVolume)
         parameterNode.expectedTreVolume = mrml_layer.expected_tre_volume(
-            slicer.mrmlScene, pts, parameterNode.fixedVolume, fle)
+            slicer.mrmlScene, pts, parameterNode.fixedVolume, fle, node=parameterNode.expectedTreVolume,
+            progress=progress)
         return parameterNode.expectedTreVolume
 
     # --------------------------------------------------------------------------------------------- files
-    def importLandmarkFile(self, parameterNode, path, image):
+    def importLandmarkFile(self, parameterNode, path, image, onChange=None, onError=None):
         """Import a .mrk.json, .fcsv or CSV file as the current annotator's points on ``image`` (validated first)."""
         from CrossModalRegLib.landmarks import read_landmark_file
 
@@ -443,7 +663,7 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         landmarks = read_landmark_file(path, dimension=session.protocol.dimension)
         session.import_points(parameterNode.annotator.strip(), image, landmarks.labels, landmarks.points,
                               repeat=int(parameterNode.repeat), source=path)
-        self.startSession(parameterNode)  # rebuild the nodes from the saved session
+        self.startSession(parameterNode, onChange=onChange, onError=onError)  # rebuild the nodes from the session
 
     def exportSession(self, folder):
         """Write every annotation node as .mrk.json (Slicer storage node) and a frame-stated CSV into ``folder``."""

@@ -105,6 +105,8 @@ class CrossModalRegValidationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._running = False
+        self._cancelRequested = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -135,6 +137,8 @@ class CrossModalRegValidationWidget(ScriptedLoadableModuleWidget, VTKObservation
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
+        # A run in progress stops at its next step, before it writes anything into the closing scene.
+        self._cancelRequested = self._cancelRequested or self._running
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -146,8 +150,11 @@ class CrossModalRegValidationWidget(ScriptedLoadableModuleWidget, VTKObservation
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            if self._parameterNodeGuiTag is not None:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            # exit() already removed the observer when the module was left: do not remove it twice (warns)
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -155,21 +162,59 @@ class CrossModalRegValidationWidget(ScriptedLoadableModuleWidget, VTKObservation
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._running:
+            return  # the button is "Cancel" during a run
         p = self._parameterNode
         ready, why = self.logic.canRun(p) if p else (False, _("No parameter node"))
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Compute the validation tables") if ready else why
 
+    def _inputWidgets(self) -> list:
+        """Every widget of the panel but the Apply/Cancel button, the status line and their parents: locked during
+        a run."""
+        keep = (self.ui.applyButton, self.ui.statusLabel)
+        return [w for w in vars(self.ui).values()
+                if hasattr(w, "enabled") and w not in keep and not any(w.isAncestorOf(k) for k in keep)]
+
     def onApplyButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Validation failed."), waitCursor=True):
-            self.ui.statusLabel.text = _("Running...")
-            verdict = self.logic.process(self._parameterNode, progress=self._showProgress)
-            self.ui.statusLabel.text = _("Done.") if verdict is None else _("Done: {verdict}").format(verdict=verdict)
-            self.logic.showResults(self._parameterNode)
+        from CrossModalRegLib.errors import RegistrationCancelled
+
+        if self._running:  # the button reads "Cancel" during a run
+            self._cancelRequested = True
+            self.ui.statusLabel.text = _("Cancelling...")
+            return
+        self._running, self._cancelRequested = True, False
+        locked = [(w, w.enabled) for w in self._inputWidgets()]
+        for w, _wasEnabled in locked:
+            w.enabled = False
+        applyText = self.ui.applyButton.text
+        self.ui.applyButton.text = _("Cancel")
+        self.ui.applyButton.toolTip = _("Stop the validation; nothing is written")
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Validation failed."), waitCursor=False):
+                self.ui.statusLabel.text = _("Running...")
+                try:
+                    verdict = self.logic.process(self._parameterNode, progress=self._showProgress)
+                except RegistrationCancelled:
+                    self.ui.statusLabel.text = _("Cancelled: nothing was written.")
+                else:
+                    self.ui.statusLabel.text = (_("Done.") if verdict is None
+                                                else _("Done: {verdict}").format(verdict=verdict))
+                    self.logic.showResults(self._parameterNode)
+        finally:
+            self._running = False
+            for w, wasEnabled in locked:
+                w.enabled = wasEnabled
+            self.ui.applyButton.text = applyText
+            self._checkCanApply()
 
     def _showProgress(self, message: str) -> None:
+        from CrossModalRegLib.errors import RegistrationCancelled
+
         self.ui.statusLabel.text = message
-        slicer.app.processEvents()
+        slicer.app.processEvents()  # keeps Cancel clickable; every input is locked meanwhile
+        if self._cancelRequested:
+            raise RegistrationCancelled(_("Validation cancelled"))
 
 
 #
@@ -242,12 +287,11 @@ class CrossModalRegValidationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def showResults(p) -> None:
-        """Show the summary table and the TRE plot in the view layout (GUI only)."""
-        if p.summaryTable is not None:
-            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(p.summaryTable.GetID())
-            slicer.app.applicationLogic().PropagateTableSelection()
-        if p.plotChart is not None:
-            slicer.modules.plots.logic().ShowChartInLayout(p.plotChart)
+        """Show the summary table and the TRE plot in the view layout (a layout with a plot view if needed)."""
+        from CrossModalRegLib.views import show_results_in_layout
+
+        show_results_in_layout(slicer.mrmlScene, slicer.app.applicationLogic(), table=p.summaryTable,
+                               chart=p.plotChart)
 
 
 #

@@ -3,7 +3,12 @@ reloading a session into a scene, blinded display, ``.mrk.json`` through Slicer'
 results tables, transform nodes and the expected-TRE map volume.
 
 Every function takes the scene (or nodes) as an argument and needs only slicer-core (no Qt). Markups nodes hold
-RAS positions in memory; sessions and files hold LPS millimetres (3D). For a 2D (pixel) protocol the node holds
+RAS positions in memory; sessions and files hold LPS millimetres (3D) **in the annotated image's own physical
+space** (the space of its voxel grid, before any registration transform): an annotation node is kept under the
+same parent transform as its image (see :func:`attach_to_image_transform`), so its control points' local
+coordinates are the image's own coordinates whatever transform the image is displayed through, and a point
+clicked on the moving image after a registration is saved where it lies in the moving image, not in the fixed
+(world) frame it is displayed in. For a 2D (pixel) protocol the node holds
 ``(x, y, 0)`` pixels as if they were RAS millimetres of an identity-geometry image (conversion only flips the
 sign of x and y, consistently both ways).
 """
@@ -48,13 +53,14 @@ def annotation_node_name(annotator: str, image: str, repeat: int = 1) -> str:
 
 
 def create_annotation_node(scene, session: AnnotationSession, annotator: str, image: str, *, repeat: int = 1,
-                           node=None):
+                           node=None, image_volume=None):
     """A fiducial node with one control point per protocol landmark, in protocol order.
 
     Points already saved in ``session`` are placed at their saved positions; the others are unplaced
     (``PositionUndefined``), so Slicer's place mode fills them in order. The number of points is fixed: the user
     cannot add points outside the protocol. Annotator, image and repeat are node attributes; the protocol's
-    description of each landmark is the control point's description.
+    description of each landmark is the control point's description. With ``image_volume`` the node goes under
+    the volume's parent transform (saved positions are the image's own coordinates, see the module docstring).
     """
     if not annotator or not annotator.strip():
         raise CrossModalRegError("the annotator name is empty; enter your name or initials before placing landmarks")
@@ -87,7 +93,24 @@ def create_annotation_node(scene, session: AnnotationSession, annotator: str, im
         node.EndModify(was)
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
+    attach_to_image_transform(node, image_volume)
     return node
+
+
+def attach_to_image_transform(node, volume_node) -> bool:
+    """Put annotation (or consensus) ``node`` under the same parent transform as ``volume_node``.
+
+    Its control points keep their local coordinates, which are then the image's own coordinates: the points move
+    on screen with the image and are saved in its own space. Returns True when the parent changed.
+    ``volume_node`` None: nothing to follow (False).
+    """
+    if volume_node is None or node is None:
+        return False
+    wanted = volume_node.GetTransformNodeID()
+    if node.GetTransformNodeID() == wanted:
+        return False
+    node.SetAndObserveTransformNodeID(wanted)
+    return True
 
 
 def next_unplaced_label(node) -> str | None:
@@ -114,7 +137,14 @@ class SessionRecorder:
     the whole node with the session: a newly defined point is placed (``placed`` = now), a moved one updates
     ``modified``, an unplaced one is removed. Each change is one atomic, durable file write; while a point is
     dragged (between the start and end interaction events) saving waits for the release. A change the session
-    rejects (e.g. a point renamed to a label outside the protocol) is not saved and is kept in ``last_error``.
+    rejects (e.g. a point renamed to a label outside the protocol) or that cannot be written (folder gone, disk
+    full) is not saved, is kept in ``last_error`` and is handed to ``on_error`` (the widget shows it to the user;
+    an observer must never raise into VTK). ``on_change(labels)`` is called after every saved change (the widget
+    updates its "next landmark" instruction).
+
+    Positions are saved in the image's own space: with ``image_volume`` given, the node is kept under the
+    volume's parent transform (re-attached whenever the volume's transform changes, e.g. after "Register"), so
+    the local coordinates saved are the image's own coordinates even for points clicked on the transformed image.
     Call :meth:`detach` when done (the widget does so on scene close).
     """
 
@@ -122,7 +152,7 @@ class SessionRecorder:
               "PointRemovedEvent", "PointAddedEvent")
 
     def __init__(self, session: AnnotationSession, node, *, annotator: str | None = None, image: str | None = None,
-                 repeat: int | None = None):
+                 repeat: int | None = None, image_volume=None, on_change=None, on_error=None):
         self.session = session
         self.node = node
         self.annotator = annotator or node.GetAttribute(ANNOTATOR_ATTRIBUTE)
@@ -133,10 +163,22 @@ class SessionRecorder:
                                      "create_annotation_node")
         self.last_error: Exception | None = None
         self.interacting = False
-        self._observers = [node.AddObserver(getattr(node, e), self._on_event) for e in self.EVENTS]
-        self._observers.append(node.AddObserver(node.PointStartInteractionEvent, self._on_start_interaction))
-        self._observers.append(node.AddObserver(node.PointEndInteractionEvent, self._on_end_interaction))
+        self.image_volume = image_volume
+        self.on_change = on_change
+        self.on_error = on_error
+        attach_to_image_transform(node, image_volume)
+        self._observers = [(node, node.AddObserver(getattr(node, e), self._on_event)) for e in self.EVENTS]
+        self._observers.append((node, node.AddObserver(node.PointStartInteractionEvent, self._on_start_interaction)))
+        self._observers.append((node, node.AddObserver(node.PointEndInteractionEvent, self._on_end_interaction)))
+        if image_volume is not None:
+            # The image moved under another transform (a registration): the points go with it, unchanged.
+            follow = image_volume.TransformModifiedEvent
+            self._observers.append((image_volume, image_volume.AddObserver(follow, self._on_image_transform)))
+            self._observers.append((node, node.AddObserver(node.TransformModifiedEvent, self._on_image_transform)))
         self.sync()
+
+    def _on_image_transform(self, caller, event):
+        attach_to_image_transform(self.node, self.image_volume)
 
     def _on_start_interaction(self, caller, event):
         # While the user drags a point, its position changes many times a second: save once, when released.
@@ -150,10 +192,29 @@ class SessionRecorder:
         if self.interacting:
             return
         try:
-            self.sync()
+            try:
+                changed = self.sync()
+            except OSError as exc:
+                raise CrossModalRegError(
+                    f"{self.annotator}'s change on the {self.image} image was NOT saved: writing to the session "
+                    f"folder {self.session.folder} failed ({exc}). Check that the folder exists and is writable; "
+                    "the next change will save every point again") from exc
             self.last_error = None
         except Exception as exc:  # noqa: BLE001 - an observer must never raise into VTK; keep it for the caller
+            # One click fires several point events: report a failure once, not once per event.
+            repeated = self.last_error is not None and str(self.last_error) == str(exc)
             self.last_error = exc
+            if self.on_error is not None and not repeated:
+                try:
+                    self.on_error(exc)
+                except Exception:  # noqa: BLE001, S110 - the error display itself failed; last_error keeps it
+                    pass
+            return
+        if changed and self.on_change is not None:
+            try:
+                self.on_change(changed)
+            except Exception as exc:  # noqa: BLE001 - never raise into VTK
+                self.last_error = exc
 
     def sync(self) -> list[str]:
         """Bring the session in line with the node; returns the labels that changed (saved).
@@ -196,21 +257,25 @@ class SessionRecorder:
         return changed
 
     def detach(self) -> None:
-        for tag in self._observers:
-            self.node.RemoveObserver(tag)
+        for obj, tag in self._observers:
+            obj.RemoveObserver(tag)
         self._observers = []
+        self.on_change = self.on_error = None
 
 
-def load_session_into_scene(scene, folder: str) -> tuple[AnnotationSession, dict]:
+def load_session_into_scene(scene, folder: str, *, volumes: dict | None = None) -> tuple[AnnotationSession, dict]:
     """Open a session folder and create one annotation node per (annotator, image, repeat) in ``scene``.
 
+    ``volumes`` ({"fixed": node, "moving": node}, optional): each node goes under its image's parent transform.
     Returns the session and ``{(annotator, image, repeat): node}``. Nothing is written.
     """
     session = AnnotationSession.open(folder)
+    volumes = volumes or {}
     nodes = {}
     keys = sorted({(p.annotator, p.image, p.repeat) for p in session.points()})
     for annotator, image, repeat in keys:
-        nodes[(annotator, image, repeat)] = create_annotation_node(scene, session, annotator, image, repeat=repeat)
+        nodes[(annotator, image, repeat)] = create_annotation_node(scene, session, annotator, image, repeat=repeat,
+                                                                   image_volume=volumes.get(image))
     return session, nodes
 
 
@@ -278,16 +343,41 @@ def import_markups_json(scene, path: str, *, name: str | None = None):
 
 
 # --------------------------------------------------------------------------------------- results in MRML
-def consensus_nodes(scene, session_stats, *, name_prefix: str = "Consensus") -> dict:
-    """One locked fiducial node per analysed image holding the consensus positions (LPS -> RAS)."""
+CONSENSUS_ATTRIBUTE = "CrossModalReg.landmarks.consensusOf"
+
+
+def find_output_node(scene, cls: str, attribute: str, value: str):
+    """The first node of class ``cls`` whose ``attribute`` equals ``value`` (an output made earlier), or None."""
+    for i in range(scene.GetNumberOfNodesByClass(cls)):
+        node = scene.GetNthNodeByClass(i, cls)
+        if node.GetAttribute(attribute) == value:
+            return node
+    return None
+
+
+def consensus_nodes(scene, session_stats, *, name_prefix: str = "Consensus", volumes: dict | None = None) -> dict:
+    """One locked fiducial node per analysed image holding the consensus positions (LPS -> RAS).
+
+    The consensus of an image is in that image's own space: with ``volumes`` ({"fixed": node, "moving": node})
+    each node goes under its image's parent transform. Repeated calls update the nodes made before for the same
+    session (found by attribute), they do not add new ones.
+    """
     out = {}
+    volumes = volumes or {}
+    folder = session_stats.session.folder
     for image, st in session_stats.per_image.items():
         ok = np.all(np.isfinite(st.consensus), axis=1)
         pts = st.consensus[ok]
         if pts.shape[1] == 2:
             pts = np.column_stack([pts, np.zeros(len(pts))])
         labels = [lab for lab, k in zip(st.labels, ok) if k]
-        out[image] = mrml.markups_node_from_points(scene, pts, labels, f"{name_prefix} {image}", locked=True)
+        tag = f"{folder}|{image}"
+        existing = find_output_node(scene, "vtkMRMLMarkupsFiducialNode", CONSENSUS_ATTRIBUTE, tag)
+        node = mrml.markups_node_from_points(scene, pts, labels, f"{name_prefix} {image}", locked=True,
+                                             node=existing)
+        node.SetAttribute(CONSENSUS_ATTRIBUTE, tag)
+        attach_to_image_transform(node, volumes.get(image))
+        out[image] = node
     return out
 
 
@@ -303,28 +393,44 @@ def registration_table(scene, result, *, name: str = "Landmark registration"):
     return table_node_from_rows(scene, name, registration_columns(result.units), registration_rows(result))
 
 
-def registration_transform_node(scene, result, *, name: str | None = None, reference_image=None):
+def registration_transform_node(scene, result, *, name: str | None = None, reference_image=None, node=None):
     """A transform node whose transform FROM parent maps fixed RAS points to moving RAS points.
 
     Linear models are set as a matrix; a thin-plate spline is sampled as a displacement field on
-    ``reference_image`` (a SimpleITK image of the fixed space, LPS), which is then required.
+    ``reference_image`` (a SimpleITK image of the fixed space, LPS), which is then required. ``node`` (a
+    ``vtkMRMLTransformNode`` chosen by the user, or made by an earlier run) is updated in place; otherwise a new
+    node is added.
     """
-    node = scene.AddNewNodeByClass("vtkMRMLTransformNode", name or f"Landmark {result.model} fixed->moving")
     if result.transform_fixed_to_moving is not None:
         tx = result.transform_fixed_to_moving
     else:
         if reference_image is None:
-            scene.RemoveNode(node)
             raise CrossModalRegError("a thin-plate spline transform node needs the fixed image as reference grid")
         tx = result.tps.to_displacement_field_transform(reference_image)
+    if node is not None and not node.IsA("vtkMRMLTransformNode"):
+        raise CrossModalRegError(f"output '{node.GetName()}' is not a transform node; choose a transform")
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLTransformNode", name or "Landmarks fixed->moving")
     mrml.set_transform_fixed_to_moving(node, tx)
     return node
 
 
-def expected_tre_volume(scene, fiducials_lps, reference_volume_node, fle_rms: float, *, name: str = "Expected TRE"):
-    """Scalar volume (mm) of the expected rigid-registration TRE on the reference volume's grid."""
+def expected_tre_volume(scene, fiducials_lps, reference_volume_node, fle_rms: float, *, name: str = "Expected TRE",
+                        node=None, progress=None):
+    """Scalar volume (mm) of the expected rigid-registration TRE on the reference volume's grid.
+
+    ``node`` (the output chosen by the user or made by an earlier run) is updated in place; it must not be the
+    reference volume itself (refused: the image would be overwritten). ``progress(fraction)`` is called per slice;
+    an exception from it (a cancel) stops the computation before anything is added to the scene.
+    """
     from .tre import expected_tre_map
 
+    if node is not None and node is reference_volume_node:
+        raise CrossModalRegError(f"the expected TRE map output is the volume '{node.GetName()}' it is computed on; "
+                                 "choose another output node or 'Create new volume'")
     image = mrml.image_from_volume_node(reference_volume_node, squeeze_2d=False)
-    tre_image = expected_tre_map(np.asarray(fiducials_lps, float), image, fle_rms)
-    return mrml.volume_node_from_image(scene, tre_image, name)
+    tre_image = expected_tre_map(np.asarray(fiducials_lps, float), image, fle_rms, progress=progress)
+    out = mrml.volume_node_from_image(scene, tre_image, node.GetName() if node is not None else name, node=node)
+    # Same place as the image it was computed on (its grid is the image's own space).
+    out.SetAndObserveTransformNodeID(reference_volume_node.GetTransformNodeID())
+    return out

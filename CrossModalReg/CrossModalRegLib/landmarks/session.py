@@ -45,6 +45,9 @@ ANNOTATIONS_FOLDER = "annotations"
 SESSION_SCHEMA = "crossmodalreg-landmark-session"
 ANNOTATION_SCHEMA = "crossmodalreg-landmark-annotation"
 SESSION_SCHEMA_VERSION = 1
+# Where the saved positions live: the annotated image's own physical space (its voxel grid's LPS frame), never the
+# frame a registration transform displays it in. Written into every annotation file.
+IMAGE_OWN_SPACE = "image (own physical space of the annotated image, before any registration transform)"
 
 
 @dataclass
@@ -244,6 +247,7 @@ class AnnotationSession:
             "image": image,
             "repeat": repeat,
             "frame": self.frame,
+            "space": IMAGE_OWN_SPACE,
             "units": self.units,
             "image_name": self.images.get(image, ""),
             "protocol": {"name": self.protocol.name, "version": self.protocol.version},

@@ -84,10 +84,11 @@ def expected_tre(fiducials, targets, fle_rms: float) -> np.ndarray:
     return np.sqrt(float(fle_rms) ** 2 / len(x) * (1.0 + ratio / dim))
 
 
-def expected_tre_map(fiducials, reference_image: sitk.Image, fle_rms: float) -> sitk.Image:
+def expected_tre_map(fiducials, reference_image: sitk.Image, fle_rms: float, *, progress=None) -> sitk.Image:
     """Expected RMS TRE at every voxel centre of ``reference_image`` (float32 image on its grid).
 
     ``fiducials`` are in the reference image's physical frame (LPS mm; for a 2D image, its physical 2D frame).
+    ``progress(fraction)`` is called after every slice; an exception it raises (a cancel) stops the computation.
     """
     x, c, axes = _axes(fiducials)
     dim = reference_image.GetDimension()
@@ -110,6 +111,8 @@ def expected_tre_map(fiducials, reference_image: sitk.Image, fle_rms: float) -> 
             out[k] = tre
         else:
             out[:] = tre
+        if progress is not None:
+            progress((k + 1) / (size[2] if dim == 3 else 1))
     image = sitk.GetImageFromArray(out)
     image.CopyInformation(reference_image)
     return image

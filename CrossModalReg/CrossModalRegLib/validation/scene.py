@@ -197,6 +197,12 @@ def write_report_to_scene(scene, report: ValidationReport, *, name: str = "Valid
 
 
 def _tre_plot(scene, table, name, chart, series):
+    if chart is not None and not series:
+        # Re-running into the same chart: update its "before"/"after" series instead of adding new ones.
+        series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+        series = [s for s in series if s is not None and s.GetAttribute(ROLE_ATTRIBUTE) in ("tre before",
+                                                                                             "tre after")]
+        series.sort(key=lambda s: s.GetAttribute(ROLE_ATTRIBUTE) != "tre before")
     chart = _new_or_given(scene, chart, "vtkMRMLPlotChartNode", f"{name} TRE plot")
     series = list(series or ())
     made = []
@@ -214,6 +220,7 @@ def _tre_plot(scene, table, name, chart, series):
         s.SetMarkerStyle(marker)
         s.SetMarkerSize(10)
         s.SetColor(*color)
+        s.SetAttribute(ROLE_ATTRIBUTE, f"tre {when}")
         made.append(s)
     chart.RemoveAllPlotSeriesNodeIDs()
     for s in made:
@@ -237,9 +244,23 @@ def validate_nodes(scene, transform_node, *, direction: str = FIXED_TO_MOVING, f
     "fixed-to-moving" it maps FIXED RAS points to MOVING RAS points (Slicer's convention when the moving volume is
     placed under it). Landmarks are markups nodes, segmentations are segmentation or label map nodes,
     ``jacobian_mask`` a label map or segmentation on the fixed side. ``outputs`` may hand in nodes to update
-    (keys as :func:`write_report_to_scene`'s keywords). Nothing is added to the scene if the inputs are invalid.
+    (keys as :func:`write_report_to_scene`'s keywords). Nothing is added to the scene if the inputs are invalid,
+    and an output node that is one of the inputs (or chosen for two outputs) is refused before anything is
+    computed. ``progress(message)`` is called between stages and once more just before the results are written:
+    an exception it raises (a cancel, a closed scene) leaves the scene unchanged.
     """
     from ..mrml import segmentation_or_labelmap_to_mask
+    from ..outputs import check_outputs
+
+    given_outputs = dict(outputs or {})
+    check_outputs(
+        {"registration transform": transform_node, "fixed volume": fixed_volume, "moving volume": moving_volume,
+         "fixed landmarks": fixed_landmarks, "moving landmarks": moving_landmarks,
+         "fixed segmentation": fixed_segmentation, "moving segmentation": moving_segmentation,
+         "Jacobian mask": jacobian_mask},
+        {"summary table": given_outputs.get("summary_table"), "landmark table": given_outputs.get("landmark_table"),
+         "segment table": given_outputs.get("segment_table"), "TRE plot": given_outputs.get("plot_chart"),
+         "Jacobian map": given_outputs.get("jacobian_volume")})
 
     transform = transform_fixed_to_moving_from_node(transform_node)
     fixed = image_from_volume_node(fixed_volume, squeeze_2d=False) if fixed_volume is not None else None
@@ -262,5 +283,7 @@ def validate_nodes(scene, transform_node, *, direction: str = FIXED_TO_MOVING, f
             ("fixed_landmarks", fixed_landmarks), ("moving_landmarks", moving_landmarks),
             ("fixed_segmentation", fixed_segmentation), ("moving_segmentation", moving_segmentation))
     }
-    nodes = write_report_to_scene(scene, report, name=name, **(outputs or {}))
+    if progress is not None:
+        progress("writing the results")
+    nodes = write_report_to_scene(scene, report, name=name, **given_outputs)
     return report, nodes
