@@ -107,6 +107,20 @@ class CrossModalReg(ScriptedLoadableModule):
             "(versions, preset, parameters, seed, input checksums, timings) in the scene."
         ) + "<p>" + _("Documentation: {link}").format(link=f'<a href="{HOMEPAGE}#readme">{HOMEPAGE}</a>') + "</p>"
         self.parent.acknowledgementText = _("Part of the CrossModalReg extension. Engine: SimpleITK / ITK.")
+        # The built-in phantom in the Sample Data module, once Slicer has started (no SimpleITK import here).
+        app = getattr(slicer, "app", None)
+        if app is not None and hasattr(app, "connect"):
+            app.connect("startupCompleted()", _registerSampleData)
+
+
+def _registerSampleData():
+    """Register the CT-MR phantom (generated locally, no download) with Sample Data; nothing if it is absent."""
+    try:
+        from CrossModalRegLib.sample_data import register_phantom_sample_data
+
+        register_phantom_sample_data()
+    except Exception:  # noqa: BLE001 - sample data is a convenience: never stop Slicer's start-up for it
+        logging.exception("CrossModalReg: could not register the phantom sample data")
 
 
 #
@@ -201,6 +215,10 @@ class CrossModalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkerboardButton.connect("clicked(bool)", self.onCheckerboard)
         self.ui.registrationLayoutButton.connect("clicked(bool)", self.onRegistrationLayout)
         self.ui.flickerButton.connect("toggled(bool)", self.onFlicker)
+        self.ui.addDataButton.connect("clicked(bool)", self.onAddData)
+        self.ui.dicomButton.connect("clicked(bool)", self.onDicom)
+        self.ui.guessRolesButton.connect("clicked(bool)", self.onGuessRolesButton)
+        self._volumesBeforeLoading = set()
         self.initializeParameterNode()
         self.onPresetChanged()
 
@@ -269,6 +287,45 @@ class CrossModalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:  # noqa: BLE001 - shown where the description goes; Apply says it too
             self.ui.presetDescriptionLabel.text = _("Preset not usable: {reason}").format(reason=exc)
         self._checkCanApply()
+
+    def onAddData(self) -> None:
+        """Slicer's Add Data dialog, then the modality guess on what it loaded."""
+        from CrossModalRegLib.modality import volume_ids
+
+        before = volume_ids(slicer.mrmlScene)
+        with slicer.util.tryWithErrorDisplay(_("Loading failed."), waitCursor=True):
+            slicer.util.openAddDataDialog()
+        self.onGuessRoles(before)
+
+    def onDicom(self) -> None:
+        """The DICOM module; "Guess roles" afterwards looks at the series loaded since this click."""
+        from CrossModalRegLib.modality import volume_ids
+
+        self._volumesBeforeLoading = volume_ids(slicer.mrmlScene)
+        slicer.util.selectModule("DICOM")
+
+    def onGuessRolesButton(self) -> None:
+        self.onGuessRoles(self._volumesBeforeLoading)
+
+    def onGuessRoles(self, volumesBefore) -> None:
+        """Guess the modality of the volumes loaded since ``volumesBefore`` (IDs) and fill fixed, moving and the
+        preset; the reasons and warnings (e.g. head-first vs feet-first) are shown under the buttons."""
+        from CrossModalRegLib.modality import guess_roles_and_preset, pair_after_loading
+
+        def dicomValue(uid, tag):
+            db = getattr(slicer, "dicomDatabase", None)
+            return db.fileValue(db.fileForInstance(uid), tag) if db else ""
+
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not guess the modalities."), waitCursor=True):
+            nodes = pair_after_loading(slicer.mrmlScene, set(volumesBefore or ()), (p.fixedVolume, p.movingVolume))
+            fixed, moving, preset, reasons, warnings = guess_roles_and_preset(slicer.mrmlScene, nodes,
+                                                                              dicom_value=dicomValue)
+            p.fixedVolume, p.movingVolume, p.preset = fixed, moving, preset
+            text = "\n".join(list(reasons) + [_("Warning: {w}").format(w=w) for w in warnings])
+            self.ui.guessRolesLabel.text = text
+            self.ui.guessRolesLabel.visible = bool(text)
+            self._volumesBeforeLoading = set()
 
     def onBrowsePresetFile(self) -> None:
         import qt

@@ -197,11 +197,13 @@ class qSlicerLayoutManager(QtCore.QObject):
 class qSlicerApplication(QtCore.QObject):
     """Stand-in for ``slicer.app`` with what modules call; ``testingEnabled()`` is True (messages are logged)."""
 
-    CPP_API = {"signals": [], "slots": ["processEvents", "restart", "quit"],
+    CPP_API = {"signals": ["startupCompleted()"], "slots": ["processEvents", "restart", "quit"],
                "invokables": ["layoutManager", "moduleManager", "mrmlScene", "applicationLogic", "testingEnabled",
                               "translate", "setOverrideCursor", "restoreOverrideCursor", "settings", "userSettings",
                               "moduleDocumentationUrl", "keyboardModifiers", "pythonManager", "ioManager",
                               "coreIOManager"]}
+
+    startupCompleted = QtCore.pyqtSignal()  # qSlicerApplication.h: emitted once the application has started
 
     def __init__(self, harness):
         super().__init__()
