@@ -580,7 +580,10 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         labels, f, m, _dropped = pair_landmarks(
             [lab for lab, ok in zip(fixed.labels, fOk) if ok], fixed.consensus[fOk],
             [lab for lab, ok in zip(moving.labels, mOk) if ok], moving.consensus[mOk],
-            fixed_source=_("fixed consensus"), moving_source=_("moving consensus"))
+            fixed_source=_("fixed consensus"), moving_source=_("moving consensus"),
+            drop_unpaired=True)  # a landmark with no consensus on either image (unplaced, or its pair flagged)
+        if _dropped:
+            logging.info(f"Landmark registration without {', '.join(_dropped)}: no consensus on both images")
         result = register_points(f, m, model=parameterNode.registrationModel, labels=labels,
                                  units=self.session.units)
         parameterNode.registrationTable = table_node_from_rows(
