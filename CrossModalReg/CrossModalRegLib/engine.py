@@ -418,8 +418,8 @@ def register(
     # The reference for "did the optimisation make it worse": the start before any search or optimisation.
     fixed_eval, moving_eval = sanity.smoothed_for_evaluation(fixed_p), sanity.smoothed_for_evaluation(moving_p)
     with _metric_threads(threads):
-        start_metric = sanity.evaluate_metric(fixed_eval, moving_eval, current, stages[0]["metric"],
-                                              fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
+        start_metric = _first_stage_metric(fixed, moving, fixed_eval, moving_eval, current, stages[0]["metric"],
+                                           fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
     if do_search:
         search_cfg = dict(init_cfg.get("rotation_search", {}))
         with _metric_threads(threads):
@@ -505,7 +505,13 @@ def register(
                 raise RegistrationCancelled()
             result.stop_conditions.append(f"{stage_type}: {method.GetOptimizerStopConditionDescription()}")
 
-        if stage_type in ("rigid", "affine"):
+        if stage["metric"]["name"] == "mind_ssc":
+            # MIND-SSC (``mind``): its own descriptors, off-grid samples and optimiser, on the input images (the
+            # ultrasound's zero background is its field of view, which preprocessing would blur).
+            linear = _mind_stage(stage, si, fixed, moving, linear, seed=seed, fixed_mask=fixed_mask,
+                                 moving_mask=moving_mask, cancelled=cancelled, result=result, tracker=tracker,
+                                 n_stages=len(stages), level_start=level_start, level_width=level_width)
+        elif stage_type in ("rigid", "affine"):
             # Linear stages: our own pyramid of block-averaged (BinShrink) and smoothed copies, one optimisation per
             # level. ITK's built-in pyramid smooths the full-size images at every level, which was a third of the
             # run time on a 1 mm head; the result is the same kind of coarse-to-fine optimisation.
@@ -572,8 +578,8 @@ def register(
     # ---------------------------------------------------------------- post-run sanity checks
     t = time.perf_counter()
     with _metric_threads(threads):
-        result.final_metric = sanity.evaluate_metric(fixed_eval, moving_eval, final, stages[0]["metric"],
-                                                     fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
+        result.final_metric = _first_stage_metric(fixed, moving, fixed_eval, moving_eval, final, stages[0]["metric"],
+                                                  fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
     result.sanity = sanity.check_result(fixed_p, moving_p, final, initial_metric=result.initial_metric,
                                         final_metric=result.final_metric, fixed_mask=overlap_region)
     timings["sanity"] = time.perf_counter() - t
@@ -586,6 +592,45 @@ def register(
         )
     tracker.finish("done")
     return result
+
+
+def _first_stage_metric(fixed, moving, fixed_eval, moving_eval, transform, metric, *, fixed_mask, moving_mask, seed):
+    """The first stage's metric (lower is better) at ``transform`` (fixed -> moving): SimpleITK's on the smoothed
+    evaluation copies, or MIND-SSC on the input images (``mind.evaluate``: off-grid samples, field-of-view mask)."""
+    if metric["name"] == "mind_ssc":
+        from . import mind
+
+        return mind.evaluate(fixed, moving, transform, metric, seed=seed, fixed_mask=fixed_mask,
+                             moving_mask=moving_mask)
+    return sanity.evaluate_metric(fixed_eval, moving_eval, transform, metric, fixed_mask=fixed_mask,
+                                  moving_mask=moving_mask, seed=seed)
+
+
+def _mind_stage(stage, si, fixed, moving, linear, *, seed, fixed_mask, moving_mask, cancelled, result, tracker,
+                n_stages, level_start, level_width):
+    """A rigid stage on MIND-SSC (``mind.register_rigid``); returns its Euler3DTransform (fixed -> moving, LPS)."""
+    from . import mind
+
+    levels = len(stage.get("level_spacing_mm", [1.0]))
+    iterations = int(stage.get("optimizer", {}).get("iterations", 30))
+
+    def on_iteration(level, it, value):
+        result.metric_trace.append(MetricSample(si, stage["type"], int(level), int(it), float(value)))
+        tracker.update(f"stage{si}", level_start[level] + level_width[level] * min(1.0, (it + 1) / iterations),
+                       stage=stage["type"], stage_index=si, n_stages=n_stages, level=int(level), n_levels=levels,
+                       iteration=int(it), metric=float(value),
+                       message=f"{stage['type']} (MIND-SSC) level {level + 1}/{levels}")
+
+    try:
+        f_mask, m_mask = mind.fov_masks(fixed, moving, stage["metric"], fixed_mask, moving_mask)
+        tx, stops = mind.register_rigid(fixed, moving, linear, stage, seed=seed + si * 16, fixed_mask=f_mask,
+                                        moving_mask=m_mask, on_iteration=on_iteration, cancelled=cancelled)
+    except ValueError as exc:
+        raise CrossModalRegError(f"the MIND-SSC {stage['type']} stage could not run: {exc}") from None
+    if cancelled():
+        raise RegistrationCancelled()
+    result.stop_conditions.extend(stops)
+    return tx
 
 
 def _stochastic_bspline_stage(stage, si, fixed_p, moving_p, linear, mesh, pyramid_cache, *, seed, fixed_mask,
