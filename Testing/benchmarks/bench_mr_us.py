@@ -9,7 +9,8 @@ runs rigid with its best-documented multimodal setting:
 
 * ours: ``engine.register(us, mr, preset="us-mr-mind-rigid")`` (MIND-SSC);
 * elastix (itk-elastix): the default "rigid" parameter map (advanced Mattes MI), identity start
-  (``AutomaticTransformInitialization`` false), fixed mask;
+  (``AutomaticTransformInitialization`` false), fixed mask with the ``RandomSparseMask`` sampler (elastix's advice
+  for small masks: the default sampler stops with "could not find enough image samples");
 * ANTs (antspyx): ``type_of_transform="Rigid"`` (MI), identity initial transform, fixed mask;
 * greedy (picsl-greedy): ``-a -dof 6 -m NMI -ia-identity -n 100x50x25 -gm mask`` (greedy has NCC, WNCC, SSD, NMI,
   MI and MAHAL; NMI is its documented multimodal metric; it has no MIND).
@@ -87,6 +88,7 @@ class ElastixRigid(bt.Elastix):
         po = self.itk.ParameterObject.New()
         m = po.GetDefaultParameterMap("rigid")
         m["AutomaticTransformInitialization"] = ["false"]
+        m["ImageSampler"] = ["RandomSparseMask"]  # elastix's own advice when the fixed mask is small
         po.AddParameterMap(m)
         fixed, moving = self._to_itk(case.fixed), self._to_itk(case.moving)
         fmask = self.itk.image_from_array(np.ascontiguousarray(sitk.GetArrayFromImage(mask).astype(np.uint8)))
@@ -95,7 +97,8 @@ class ElastixRigid(bt.Elastix):
         _, params = self.itk.elastix_registration_method(fixed, moving, parameter_object=po, fixed_mask=fmask,
                                                          log_to_console=False)
         dt = time.perf_counter() - t
-        return self._rigid_to_sitk(params, 3), dt, {"parameter_map": "default rigid, no automatic initialisation"}
+        return self._rigid_to_sitk(params, 3), dt, {
+            "parameter_map": "default rigid, no automatic initialisation, RandomSparseMask sampler"}
 
 
 class AntsRigid(bt.Ants):
