@@ -132,6 +132,28 @@ def test_analytic_gradient_matches_central_finite_differences(level_1mm):
     assert np.abs(grad).max() > 0  # a non-trivial test: the start is off the optimum
 
 
+def test_bspline_gradient_matches_finite_differences_at_the_control_points(level_1mm):
+    metric, fm, mm, f, m = level_1mm
+    lv = mind.MindLevel(f, m, mind.MindConfig.from_metric(metric), fixed_mask=fm, moving_mask=mm)
+    bspline = sitk.BSplineTransformInitializer(f, [4, 4, 4], 3)
+    rng = np.random.default_rng(2)
+    level = mind.MindBSplineLevel(lv, sitk.Euler3DTransform(), bspline, rng=rng)
+    level.coef[:] = rng.normal(0.0, 0.5, level.coef.shape)  # a non-trivial deformation (mm)
+    x = lv.sample_points(4000, rng)
+    _, grad, _ = level.value_and_gradient(0, points=x)
+    busiest = np.argsort(-np.linalg.norm(grad, axis=1))[:4]
+    h = 1e-4
+    for k in busiest:
+        for d in range(3):
+            level.coef[k, d] += h
+            up = level.value_and_gradient(0, points=x)[0]
+            level.coef[k, d] -= 2 * h
+            down = level.value_and_gradient(0, points=x)[0]
+            level.coef[k, d] += h
+            fd = (up - down) / (2 * h)
+            assert abs(grad[k, d] - fd) <= 0.02 * abs(fd) + 1e-3 * np.abs(grad).max(), (k, d, grad[k, d], fd)
+
+
 # ------------------------------------------------------------------------------------------ registration
 def test_case24_with_the_preset_from_the_command_line_is_at_or_below_1_3_mm(case24, shared_data, tmp_path):
     d = shared_data / "resect_mr_us"

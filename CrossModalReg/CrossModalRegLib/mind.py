@@ -425,3 +425,43 @@ def evaluate(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, m
     else:
         y = np.array([transform.TransformPoint(tuple(p)) for p in x])
     return lv.cost(lv.fixed_values(x), y)[0]
+
+
+# ------------------------------------------------------------------------------------------- B-spline
+class MindBSplineLevel:
+    """One B-spline level on MIND-SSC for ``stochastic_bspline.optimise_level`` (the same interface as its
+    ``StochasticBSplineLevel``: ``value_and_gradient(n)``, ``coef``, ``grid``, ``bspline``): new off-grid samples
+    every call; the stage's transform is ``linear(B(x))``, fixed -> moving (LPS), B changed in place."""
+
+    def __init__(self, level: MindLevel, linear: sitk.Transform, bspline: sitk.BSplineTransform, *,
+                 rng: np.random.Generator):
+        from . import stochastic_bspline as sb
+
+        self.level = level
+        self.grid = sb.BSplineGrid.of(bspline)
+        self.bspline = bspline
+        self.coef = sb.coefficients(bspline)
+        m = linear_transform_matrix_lps(linear, 3)
+        self.a, self.t = m[:3, :3], m[:3, 3]
+        self.rng = rng
+
+    def value_and_gradient(self, n_samples, points=None):
+        """(cost, gradient (n_control_points, 3), number of valid samples); ``points`` (LPS) replaces the random
+        draw (for tests)."""
+        from .stochastic_bspline import ImagesApart
+
+        x = self.level.sample_points(n_samples, self.rng) if points is None else points
+        fv = self.level.fixed_values(x)
+        index, weight = self.grid.weights(x)
+        u = np.einsum("nk,nkd->nd", weight, self.coef[index])
+        y = (x + u) @ self.a.T + self.t
+        cost, r, inside, dcost_dy, _ = self.level.cost(fv, y, with_gradient=True)
+        n_valid = int(inside.sum())
+        if r is None or n_valid < max(16, 0.05 * len(x)):
+            raise ImagesApart(f"only {n_valid} of {len(x)} samples map inside the moving image")
+        g_x = dcost_dy @ self.a  # chain rule through y = A (x + u) + t
+        grad = np.zeros((self.grid.n_points, 3))
+        flat = index.ravel()
+        for d in range(3):
+            grad[:, d] = np.bincount(flat, weights=(weight * g_x[:, d:d + 1]).ravel(), minlength=self.grid.n_points)
+        return cost, grad, n_valid
