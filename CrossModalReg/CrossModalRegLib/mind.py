@@ -11,8 +11,9 @@ squared descriptor difference at sample points.
 
 Why hand-written: neither SimpleITK nor anything Slicer bundles offers MIND-SSC or a registration over a vector
 (12-channel) metric; elastix/ANTs/greedy are not bundled with Slicer. The descriptors use SimpleITK filters
-(``BoxMean``, ``SmoothingRecursiveGaussian``) and numpy; the optimiser is a small Levenberg-Marquardt over the six
-rigid parameters (the cost is a sum of squares, so Gauss-Newton steps need no learning rate).
+(``BoxMean``, ``SmoothingRecursiveGaussian``) and numpy; the rigid optimiser takes Gauss-Newton directions over the
+six rigid parameters with a line search (the cost is a sum of squares: no learning rate to tune); B-spline stages
+use ``MindBSplineLevel`` with the stochastic B-spline optimiser (``stochastic_bspline.optimise_level``).
 
 Sampling is OFF-GRID: sample positions are random continuous coordinates (not voxel centres). When the moving image
 is on the fixed image's grid (RESECT's MR is resampled onto the ultrasound grid), grid-aligned samples make the
