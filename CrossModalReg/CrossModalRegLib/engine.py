@@ -418,8 +418,8 @@ def register(
     # The reference for "did the optimisation make it worse": the start before any search or optimisation.
     fixed_eval, moving_eval = sanity.smoothed_for_evaluation(fixed_p), sanity.smoothed_for_evaluation(moving_p)
     with _metric_threads(threads):
-        start_metric = sanity.evaluate_metric(fixed_eval, moving_eval, current, stages[0]["metric"],
-                                              fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
+        start_metric = _first_stage_metric(fixed, moving, fixed_eval, moving_eval, current, stages[0]["metric"],
+                                           fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
     if do_search:
         search_cfg = dict(init_cfg.get("rotation_search", {}))
         with _metric_threads(threads):
@@ -505,7 +505,18 @@ def register(
                 raise RegistrationCancelled()
             result.stop_conditions.append(f"{stage_type}: {method.GetOptimizerStopConditionDescription()}")
 
-        if stage_type in ("rigid", "affine"):
+        if stage["metric"]["name"] == "mind_ssc":
+            # MIND-SSC (``mind``): its own descriptors, off-grid samples and optimiser, on the input images (the
+            # ultrasound's zero background is its field of view, which preprocessing would blur).
+            out = _mind_stage(stage, si, fixed, moving, linear, seed=seed, fixed_mask=fixed_mask,
+                              moving_mask=moving_mask, cancelled=cancelled, result=result, tracker=tracker,
+                              n_stages=len(stages), level_start=level_start, level_width=level_width,
+                              fixed_p=fixed_p, moving_p=moving_p, pyramid_cache=pyramid_cache)
+            if stage_type == "bspline":
+                bspline_tx = [out]
+            else:
+                linear = out
+        elif stage_type in ("rigid", "affine"):
             # Linear stages: our own pyramid of block-averaged (BinShrink) and smoothed copies, one optimisation per
             # level. ITK's built-in pyramid smooths the full-size images at every level, which was a third of the
             # run time on a 1 mm head; the result is the same kind of coarse-to-fine optimisation.
@@ -572,8 +583,8 @@ def register(
     # ---------------------------------------------------------------- post-run sanity checks
     t = time.perf_counter()
     with _metric_threads(threads):
-        result.final_metric = sanity.evaluate_metric(fixed_eval, moving_eval, final, stages[0]["metric"],
-                                                     fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
+        result.final_metric = _first_stage_metric(fixed, moving, fixed_eval, moving_eval, final, stages[0]["metric"],
+                                                  fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
     result.sanity = sanity.check_result(fixed_p, moving_p, final, initial_metric=result.initial_metric,
                                         final_metric=result.final_metric, fixed_mask=overlap_region)
     timings["sanity"] = time.perf_counter() - t
@@ -586,6 +597,74 @@ def register(
         )
     tracker.finish("done")
     return result
+
+
+def _first_stage_metric(fixed, moving, fixed_eval, moving_eval, transform, metric, *, fixed_mask, moving_mask, seed):
+    """The first stage's metric (lower is better) at ``transform`` (fixed -> moving): SimpleITK's on the smoothed
+    evaluation copies, or MIND-SSC on the input images (``mind.evaluate``: off-grid samples, field-of-view mask)."""
+    if metric["name"] == "mind_ssc":
+        from . import mind
+
+        return mind.evaluate(fixed, moving, transform, metric, seed=seed, fixed_mask=fixed_mask,
+                             moving_mask=moving_mask)
+    return sanity.evaluate_metric(fixed_eval, moving_eval, transform, metric, fixed_mask=fixed_mask,
+                                  moving_mask=moving_mask, seed=seed)
+
+
+def _mind_stage(stage, si, fixed, moving, linear, *, seed, fixed_mask, moving_mask, cancelled, result, tracker,
+                n_stages, level_start, level_width, fixed_p, moving_p, pyramid_cache):
+    """A stage on MIND-SSC, on the input images (``fixed``, ``moving``). Rigid: ``mind.register_rigid``, returns
+    its Euler3DTransform. B-spline (asgd): the levels of ``_bspline_levels`` optimised by
+    ``stochastic_bspline.optimise_level`` on ``mind.MindBSplineLevel``; returns the B-spline B (fixed ->
+    intermediate, the stage's transform being ``linear(B(x))``). Both fixed -> moving, LPS."""
+    from . import mind
+    from . import stochastic_bspline as sb
+
+    bspline = stage["type"] == "bspline"
+    levels = len(stage.get("shrink_factors" if bspline else "level_spacing_mm", [1.0]))
+    opt = stage.get("optimizer", {})
+    iterations = int(opt.get("iterations", 30))
+
+    def on_iteration(level, it, value):
+        result.metric_trace.append(MetricSample(si, stage["type"], int(level), int(it), float(value)))
+        tracker.update(f"stage{si}", level_start[level] + level_width[level] * min(1.0, (it + 1) / iterations),
+                       stage=stage["type"], stage_index=si, n_stages=n_stages, level=int(level), n_levels=levels,
+                       iteration=int(it), metric=float(value),
+                       message=f"{stage['type']} (MIND-SSC) level {level + 1}/{levels}")
+
+    try:
+        f_mask, m_mask = mind.fov_masks(fixed, moving, stage["metric"], fixed_mask, moving_mask)
+        if not bspline:
+            tx, stops = mind.register_rigid(fixed, moving, linear, stage, seed=seed + si * 16, fixed_mask=f_mask,
+                                            moving_mask=m_mask, on_iteration=on_iteration, cancelled=cancelled)
+        else:
+            shrink, sigmas = _levels(stage)
+            scale_factors = [int(v) for v in stage.get("mesh_scale_factors", [1] * len(shrink))]
+            mesh = _bspline_mesh(fixed_p, float(stage["control_point_spacing_mm"]), scale_factors[-1])
+            steps = _per_level(opt.get("max_step_mm", 1.0), len(shrink))
+            n_samples = [int(v) for v in _per_level(stage["sampling"]["samples_per_iteration"], len(shrink))]
+            cfg = mind.MindConfig.from_metric(stage["metric"])
+            stops, tx = [], None
+            for level, _f, _m, tx in _bspline_levels(stage, fixed_p, moving_p, mesh, pyramid_cache, cancelled):
+                f_l, m_l = mind.level_images(fixed, moving, shrink[level] * min(fixed.GetSpacing()), sigmas[level])
+                lv = mind.MindBSplineLevel(mind.MindLevel(f_l, m_l, cfg, fixed_mask=f_mask, moving_mask=m_mask),
+                                           linear, tx, rng=np.random.default_rng(seed + si * 16 + level))
+                stop = sb.optimise_level(
+                    lv, iterations=iterations, samples=n_samples[level], max_step_mm=steps[level],
+                    a_offset=float(opt.get("A", 20.0)), alpha=float(opt.get("alpha", 0.602)),
+                    bending_weight=float(stage.get("regularization", {}).get("bending_energy_weight", 0.0)),
+                    average_last=float(opt.get("average_last", 0.0)),
+                    on_iteration=lambda it, v, _c, level=level: on_iteration(level, it, v), cancelled=cancelled)
+                stops.append(f"mind_ssc bspline level {level + 1}: {stop}")
+    except sb.ImagesApart as exc:
+        raise RegistrationFailed(f"the MIND-SSC bspline optimiser moved the images apart ({exc})", [str(exc)],
+                                 None) from None
+    except ValueError as exc:
+        raise CrossModalRegError(f"the MIND-SSC {stage['type']} stage could not run: {exc}") from None
+    if cancelled():
+        raise RegistrationCancelled()
+    result.stop_conditions.extend(stops)
+    return tx
 
 
 def _stochastic_bspline_stage(stage, si, fixed_p, moving_p, linear, mesh, pyramid_cache, *, seed, fixed_mask,

@@ -25,7 +25,13 @@ adaptive stochastic gradient descent on new random samples every iteration (``"a
 ``regularization.bending_energy_weight``), see ``stochastic_bspline``.
 
 Metrics: ``mattes`` (Mattes mutual information, ``bins``), ``joint_histogram_mi`` (``bins``, ``variance``),
-``ants_neighborhood_correlation`` (``radius``), ``correlation`` (normalized correlation), ``mean_squares``.
+``ants_neighborhood_correlation`` (``radius``), ``correlation`` (normalized correlation), ``mean_squares``,
+``mind_ssc`` (MIND-SSC self-similarity descriptors for pairs with no intensity relation such as MR-ultrasound, see
+``mind``: ``radius`` and ``dilation`` in voxels of the level, ``patch`` "box" | "gaussian", ``fov_mask`` "auto" |
+"fixed" | "moving" | "none" (the non-zero field of view of an ultrasound, eroded by ``fov_erode_mm``); 3D only;
+rigid stages (levels in ``level_spacing_mm``, ``sampling.samples_per_level``, ``optimizer.iterations``) and
+B-spline stages with the asgd optimizer; it runs on the input images, the preset's preprocessing does not apply
+to it).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from .provenance import sha256_of_json
 PRESET_DIR = os.path.join(os.path.dirname(__file__), "presets")
 SCHEMA_VERSION = 1
 STAGE_TYPES = ("rigid", "affine", "bspline")
-METRICS = ("mattes", "joint_histogram_mi", "ants_neighborhood_correlation", "correlation", "mean_squares")
+METRICS = ("mattes", "joint_histogram_mi", "ants_neighborhood_correlation", "correlation", "mean_squares", "mind_ssc")
 INIT_METHODS = ("moments", "geometry", "landmarks", "none")
 GREY_MODES = ("luminance", "optical_density")
 
@@ -159,6 +165,16 @@ def validate_preset(preset: dict, source: str = "<preset>") -> None:
         metric = st.get("metric", {}).get("name")
         if metric not in METRICS:
             fail(f"stages[{i}].metric.name must be one of {METRICS}")
+        if metric == "mind_ssc":
+            if t == "affine" or preset.get("dimension") != 3:
+                fail(f"stages[{i}]: the mind_ssc metric is for rigid and bspline (asgd) stages of 3D presets "
+                     "(\"dimension\": 3)")
+            if t == "bspline" and st.get("optimizer", {}).get("name") != "asgd":
+                fail(f"stages[{i}]: a mind_ssc bspline stage needs the asgd optimizer")
+            if i == 0 and init.get("rotation_search", {}).get("enabled", False):
+                fail("the rotation search evaluates SimpleITK metrics: disable it with a mind_ssc first stage")
+            if t == "rigid" and "level_spacing_mm" not in st:
+                fail(f"stages[{i}]: a mind_ssc stage needs level_spacing_mm")
         if "level_spacing_mm" in st:
             if t == "bspline":
                 fail(f"stages[{i}]: a bspline stage takes shrink_factors, not level_spacing_mm")
@@ -183,8 +199,8 @@ def validate_preset(preset: dict, source: str = "<preset>") -> None:
                 fail(f"stages[{i}].sampling.{key} needs one value per level ({len(shrink)})")
         opt = st.get("optimizer", {})
         if opt.get("name") == "asgd":
-            if t != "bspline" or metric != "mattes":
-                fail(f"stages[{i}]: the asgd optimizer is for bspline stages with the mattes metric")
+            if t != "bspline" or metric not in ("mattes", "mind_ssc"):
+                fail(f"stages[{i}]: the asgd optimizer is for bspline stages with the mattes or mind_ssc metric")
             for where, value, low in (("sampling.samples_per_iteration", sampling.get("samples_per_iteration", 0), 64),
                                       ("optimizer.max_step_mm", opt.get("max_step_mm", 1.0), 1e-9)):
                 values = value if isinstance(value, list) else [value]
