@@ -320,6 +320,7 @@ def register(
     threads : int or None
         Threads for metric evaluation. 1 (default) makes runs bit-for-bit repeatable; None uses ITK's default
         (all cores: faster, but two runs may differ by ~0.01 mm because ITK sums the metric in thread order).
+        The stochastic B-spline stage (``asgd``) uses as many threads and gives the same result for any number.
 
     Returns
     -------
@@ -553,7 +554,7 @@ def register(
                 bspline_tx = [_stochastic_bspline_stage(
                     stage, si, fixed_p, moving_p, linear, mesh, pyramid_cache, seed=seed, fixed_mask=fixed_mask,
                     moving_mask=moving_mask, cancelled=cancelled, result=result, tracker=tracker,
-                    n_stages=len(stages), level_start=level_start, level_width=level_width)]
+                    n_stages=len(stages), level_start=level_start, level_width=level_width, threads=threads)]
                 timings[f"stage{si}_{stage_type}"] = time.perf_counter() - t
                 tracker.update(f"stage{si}", 1.0, stage=stage_type, stage_index=si, n_stages=len(stages),
                                message=f"{stage_type} done")
@@ -668,13 +669,17 @@ def _mind_stage(stage, si, fixed, moving, linear, *, seed, fixed_mask, moving_ma
 
 
 def _stochastic_bspline_stage(stage, si, fixed_p, moving_p, linear, mesh, pyramid_cache, *, seed, fixed_mask,
-                              moving_mask, cancelled, result, tracker, n_stages, level_start, level_width):
+                              moving_mask, cancelled, result, tracker, n_stages, level_start, level_width,
+                              threads=1):
     """The B-spline stage with new random samples every iteration (``optimizer.name == "asgd"``): coarse to fine,
     each level's grid the previous one refined exactly, optimised by ``stochastic_bspline.optimise_level``.
 
     Returns the B-spline (fixed -> intermediate, LPS); the stage's transform is ``linear(B(x))``, fixed -> moving.
     Samples are drawn over the whole fixed image, or inside the fixed mask when one is given (a mask drawn inside
-    the organ's boundary hides the edges mutual information needs: see the README)."""
+    the organ's boundary hides the edges mutual information needs: see the README). ``threads`` share each
+    iteration's samples (None: every core); the result does not depend on their number."""
+    import os
+
     from . import stochastic_bspline as sb
 
     shrink, _ = _levels(stage)
@@ -714,7 +719,8 @@ def _stochastic_bspline_stage(stage, si, fixed_p, moving_p, linear, mesh, pyrami
             stop = sb.optimise_level(
                 opt_level, iterations=iterations, samples=n_samples[level], max_step_mm=steps[level],
                 a_offset=float(opt.get("A", 20.0)), alpha=float(opt.get("alpha", 0.602)), bending_weight=bending,
-                average_last=float(opt.get("average_last", 0.0)), on_iteration=on_iteration, cancelled=cancelled)
+                average_last=float(opt.get("average_last", 0.0)), on_iteration=on_iteration, cancelled=cancelled,
+                threads=threads if threads else os.cpu_count())
         except sb.ImagesApart as exc:
             raise RegistrationFailed(f"the bspline optimiser moved the images apart ({exc}); try a smaller "
                                      "max_step_mm, a fixed mask or landmarks", [str(exc)], None) from None

@@ -45,7 +45,8 @@ def _sitk_to_numpy_geometry(img):
 class Ours:
     name = "ours"
 
-    def __init__(self):
+    def __init__(self, threads=None):
+        """``threads``: the engine's ``threads`` (default: --threads, as every tool); 1 for the ``ours1`` tool."""
         import sys
         here = os.path.dirname(os.path.abspath(__file__))
         sys.path.insert(0, os.path.abspath(os.path.join(here, "..", "..", "CrossModalReg")))
@@ -58,7 +59,7 @@ class Ours:
         # older versions): every tool gets the same number of threads (--threads), ours included.
         params = inspect.signature(engine.register).parameters
         key = "threads" if "threads" in params else "number_of_threads" if "number_of_threads" in params else None
-        self.thread_kw = {key: THREADS} if key else {}
+        self.thread_kw = {key: threads or THREADS} if key else {}
 
     def warm_up(self):
         img = sitk.GaussianSource(sitk.sitkFloat32, [32, 32, 32], [6, 6, 6], [16, 16, 16])

@@ -43,7 +43,7 @@ import _bench_cases as bc  # noqa: E402
 import _bench_tools as bt  # noqa: E402
 
 FAMILIES = ("brainweb2d", "rigid3d", "deformable3d", "epi_t1", "histology")
-TOOLS = ("ours", "elastix", "ants")
+TOOLS = ("ours", "ours1", "elastix", "ants")  # ours1: ours with one thread (the engine's default)
 
 
 def parse_seeds(text):
@@ -62,7 +62,8 @@ def parse_seeds(text):
 
 def make_tool(name, notes):
     try:
-        return {"ours": bt.Ours, "elastix": bt.Elastix, "ants": bt.Ants}[name]()
+        return {"ours": bt.Ours, "ours1": lambda: bt.Ours(threads=1), "elastix": bt.Elastix,
+                "ants": bt.Ants}[name]()
     except ImportError as exc:
         notes.append(f"{name} skipped: not installed ({exc}); pip install -e '.[compare]'")
         return None
@@ -216,7 +217,7 @@ def plot(records, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    colours = {"ours": "tab:blue", "elastix": "tab:orange", "ants": "tab:green"}
+    colours = {"ours": "tab:blue", "ours1": "tab:cyan", "elastix": "tab:orange", "ants": "tab:green"}
     markers = {"brainweb2d": "s", "rigid3d": "o", "deformable3d": "^", "epi_t1": "D"}
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     for tool in TOOLS:
@@ -294,7 +295,8 @@ def worker(args, families):
               "units": case.units})
         load = os.getloadavg()[0]
         try:
-            res = tool.run(case, args.ours_preset) if name == "ours" and args.ours_preset else tool.run(case)
+            ours = name in ("ours", "ours1")
+            res = tool.run(case, args.ours_preset) if ours and args.ours_preset else tool.run(case)
             rec = evaluate(case, name, res)
         except Exception as exc:  # noqa: BLE001 - a tool failing is a result, not a crash of the benchmark
             rec = {"case": case.id, "family": case.family, "stage": case.stage, "tool": name, "units": case.units,
