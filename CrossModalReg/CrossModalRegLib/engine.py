@@ -279,6 +279,7 @@ def register(
     initial_transform_fixed_to_moving: sitk.Transform | None = None,
     initialization_method: str | None = None,
     rotation_search: bool | None = None,
+    orientation_search: bool | None = None,
     overrides: dict | None = None,
     seed: int = DEFAULT_SEED,
     progress=None,
@@ -306,6 +307,9 @@ def register(
         Overrides the preset. Defaults to "landmarks" when landmarks are given.
     rotation_search : bool, optional
         Overrides the preset's coarse search over rotations (for large initial misalignment).
+    orientation_search : bool, optional
+        Overrides the preset's search over the 24 axis-aligned orientations (3D: a scan acquired turned by 90 or
+        180 degrees with headers that do not say so); see ``initialization.orientation_search``.
     overrides : dict, optional
         Dotted-key changes to the preset, e.g. ``{"stages.0.optimizer.iterations": 50}``.
     seed : int
@@ -362,11 +366,14 @@ def register(
         if not initial_transform_fixed_to_moving.IsLinear():
             raise CrossModalRegError("the initial transform must be linear (rigid or affine)")
     do_search = init_cfg.get("rotation_search", {}).get("enabled", False) if rotation_search is None else rotation_search
+    do_orient = (init_cfg.get("orientation_search", {}).get("enabled", False) if orientation_search is None
+                 else orientation_search) and dim == 3
     if method_name in ("landmarks", "transform"):
         do_search = bool(rotation_search)  # a user-given start is trusted unless a search is asked for
+        do_orient = bool(orientation_search) and dim == 3
 
     stages = preset_dict["stages"]
-    weights = {"preprocess": 0.03 * 1e6, "initialize": (0.15 if do_search else 0.02) * 1e6}
+    weights = {"preprocess": 0.03 * 1e6, "initialize": (0.02 + 0.13 * do_search + 0.1 * do_orient) * 1e6}
     stage_costs = [_level_costs(fixed, st) for st in stages]
     total_stage = sum(sum(c) for c in stage_costs) or 1.0
     for i, c in enumerate(stage_costs):
@@ -420,13 +427,22 @@ def register(
     with _metric_threads(threads):
         start_metric = sanity.evaluate_metric(fixed_eval, moving_eval, current, stages[0]["metric"],
                                               fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
+    if do_orient:
+        with _metric_threads(threads):
+            current, orient_info = initialization.orientation_search(
+                fixed_p, moving_p, current, metric=stages[0]["metric"], config=dict(init_cfg.get("orientation_search", {})),
+                seed=seed, fixed_mask=fixed_mask, moving_mask=moving_mask, cancelled=cancelled,
+                report=lambda f: tracker.update("initialize", 0.4 * f if do_search else f, message="searching orientations"),
+            )
+        init_info["orientation_search"] = orient_info
     if do_search:
         search_cfg = dict(init_cfg.get("rotation_search", {}))
         with _metric_threads(threads):
             current, search_info = initialization.rotation_search(
                 fixed_p, moving_p, current, metric=stages[0]["metric"], config=search_cfg, seed=seed,
                 fixed_mask=fixed_mask, moving_mask=moving_mask, cancelled=cancelled,
-                report=lambda f: tracker.update("initialize", f, message="searching rotations"),
+                report=lambda f: tracker.update("initialize", 0.4 * do_orient + (1 - 0.4 * do_orient) * f,
+                                                message="searching rotations"),
             )
         init_info["rotation_search"] = search_info
     initial_transform = _copy_transform(current)

@@ -142,7 +142,8 @@ def commit_output_dir(tmp: str, output_dir: str) -> None:
 def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str, *, preset="multimodal-rigid",
                          fixed_mask=None, moving_mask=None, fixed_landmarks=None, moving_landmarks=None,
                          landmark_labels=None, initial_transform=None, seed: int = engine.DEFAULT_SEED,
-                         overrides=None, rotation_search=None, progress=None, cancel=None, overwrite: bool = False,
+                         overrides=None, rotation_search=None, orientation_search=None, progress=None, cancel=None,
+                         overwrite: bool = False,
                          input_files: dict | None = None, extra_provenance: dict | None = None,
                          use_landmarks_for_initialization: bool = True, strict: bool = True, pictures: bool = True,
                          threads: int | None = 1):
@@ -165,7 +166,8 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
             fixed_landmarks=fixed_landmarks if use_landmarks_for_initialization else None,
             moving_landmarks=moving_landmarks if use_landmarks_for_initialization else None,
             initial_transform_fixed_to_moving=initial_transform, seed=seed, overrides=overrides,
-            rotation_search=rotation_search, progress=progress, cancel=cancel, strict=strict, threads=threads,
+            rotation_search=rotation_search, orientation_search=orientation_search, progress=progress, cancel=cancel,
+            strict=strict, threads=threads,
         )
         tx = result.transform_fixed_to_moving_lps
         sitk.WriteTransform(tx, os.path.join(tmp, "transform.h5"))
