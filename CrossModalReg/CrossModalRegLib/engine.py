@@ -419,6 +419,7 @@ def register(
         current, init_info = initialization.initial_transform(
             fixed_p, moving_p, method_name, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks
         )
+    initialised = _copy_transform(current)  # before any search: one of the starts the result is compared with
     # Where the fixed image has something to overlap: its mask, else its Otsu foreground (used before and after).
     overlap_region = fixed_mask if fixed_mask is not None else foreground_mask(fixed_p)
     initialization.check_overlap(fixed_p, moving_p, current, fixed_mask=overlap_region, when="after initialisation")
@@ -592,6 +593,12 @@ def register(
                                                      fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
     result.sanity = sanity.check_result(fixed_p, moving_p, final, initial_metric=result.initial_metric,
                                         final_metric=result.final_metric, fixed_mask=overlap_region)
+    if preset_dict.get("checks", {}).get("independent_agreement", True):
+        identity = sitk.Transform(dim, sitk.sitkIdentity)  # the headers' own alignment
+        with _metric_threads(threads):
+            result.sanity.checks.append(sanity.check_independent_agreement(
+                fixed_p, moving_p, final, {"headers": identity, "initialisation": initialised,
+                                           "search": initial_transform}, fixed_mask=fixed_mask, seed=seed))
     timings["sanity"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     result.timings_s = {k: round(v, 4) for k, v in timings.items()}
