@@ -101,6 +101,13 @@ def run(args) -> int:
     if orient:
         print(f"orientation search ({orient['orientations']} axis-aligned orientations): "
               f"{'TURNED ' if orient['turned'] else ''}{orient['chosen']}")
+    for check in result.sanity.checks:
+        if check.name in ("landmarks_not_worse", "landmarks_reported") and check.details:
+            d = check.details
+            use = "initialisation" if d["used_for_initialization"] else "evaluation"
+            print(f"landmarks ({use}, {d['pairs']} pairs): mean distance {d['mean_before_mm']:.2f} mm before -> "
+                  f"{d['mean_after_mm']:.2f} mm after (median {d['median_after_mm']:.2f}, max {d['max_after_mm']:.2f})"
+                  + ("" if check.passed else "  WORSE"))
     status = "passed" if result.sanity.passed else "FAILED (" + "; ".join(result.sanity.failures()) + ")"
     print(f"registered in {result.timings_s['total']:.1f} s; sanity checks {status}")
     print(f"metric {result.initial_metric:.5g} -> {result.final_metric:.5g}; outputs in {out}")
