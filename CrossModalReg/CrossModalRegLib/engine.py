@@ -221,7 +221,7 @@ def _linear_transform_for(stage_type: str, dim: int, current: sitk.Transform) ->
         if np.linalg.det(r) < 0:
             u[:, -1] *= -1
             r = u @ vt
-        tx.SetMatrix(tuple(r.ravel()))
+        initialization.set_rotation_matrix(tx, r)  # away from the Euler angles' gimbal lock (90-degree turns)
     else:
         tx = sitk.AffineTransform(dim)
         tx.SetCenter(tuple(center))
