@@ -111,6 +111,11 @@ def main(argv=None):
             elif "resect" in pid:
                 from CrossModalRegLib.initialization import landmark_rigid_transform
                 aligned = landmark_rigid_transform(pf, pm, dim)
+            elif "FLIRT" in what:  # FLIRT's affine, exactly (the targets are its images)
+                a = np.linalg.lstsq(np.column_stack([pf, np.ones(len(pf))]), pm, rcond=None)[0]
+                aligned = sitk.AffineTransform(dim)
+                aligned.SetMatrix(tuple(a[:dim].T.ravel()))
+                aligned.SetTranslation(tuple(a[dim]))
             else:
                 continue
             c = moved_check(fixed, moving, aligned, 25.0)
