@@ -221,7 +221,7 @@ def _linear_transform_for(stage_type: str, dim: int, current: sitk.Transform) ->
         if np.linalg.det(r) < 0:
             u[:, -1] *= -1
             r = u @ vt
-        tx.SetMatrix(tuple(r.ravel()))
+        initialization.set_rotation_matrix(tx, r)  # away from the Euler angles' gimbal lock (90-degree turns)
     else:
         tx = sitk.AffineTransform(dim)
         tx.SetCenter(tuple(center))
@@ -279,6 +279,7 @@ def register(
     initial_transform_fixed_to_moving: sitk.Transform | None = None,
     initialization_method: str | None = None,
     rotation_search: bool | None = None,
+    orientation_search: bool | None = None,
     overrides: dict | None = None,
     seed: int = DEFAULT_SEED,
     progress=None,
@@ -306,6 +307,9 @@ def register(
         Overrides the preset. Defaults to "landmarks" when landmarks are given.
     rotation_search : bool, optional
         Overrides the preset's coarse search over rotations (for large initial misalignment).
+    orientation_search : bool, optional
+        Overrides the preset's search over the 24 axis-aligned orientations (3D: a scan acquired turned by 90 or
+        180 degrees with headers that do not say so); see ``initialization.orientation_search``.
     overrides : dict, optional
         Dotted-key changes to the preset, e.g. ``{"stages.0.optimizer.iterations": 50}``.
     seed : int
@@ -363,11 +367,14 @@ def register(
         if not initial_transform_fixed_to_moving.IsLinear():
             raise CrossModalRegError("the initial transform must be linear (rigid or affine)")
     do_search = init_cfg.get("rotation_search", {}).get("enabled", False) if rotation_search is None else rotation_search
+    do_orient = (init_cfg.get("orientation_search", {}).get("enabled", False) if orientation_search is None
+                 else orientation_search) and dim == 3
     if method_name in ("landmarks", "transform"):
         do_search = bool(rotation_search)  # a user-given start is trusted unless a search is asked for
+        do_orient = bool(orientation_search) and dim == 3
 
     stages = preset_dict["stages"]
-    weights = {"preprocess": 0.03 * 1e6, "initialize": (0.15 if do_search else 0.02) * 1e6}
+    weights = {"preprocess": 0.03 * 1e6, "initialize": (0.02 + 0.13 * do_search + 0.1 * do_orient) * 1e6}
     stage_costs = [_level_costs(fixed, st) for st in stages]
     total_stage = sum(sum(c) for c in stage_costs) or 1.0
     for i, c in enumerate(stage_costs):
@@ -413,6 +420,7 @@ def register(
         current, init_info = initialization.initial_transform(
             fixed_p, moving_p, method_name, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks
         )
+    initialised = _copy_transform(current)  # before any search: one of the starts the result is compared with
     # Where the fixed image has something to overlap: its mask, else its Otsu foreground (used before and after).
     overlap_region = fixed_mask if fixed_mask is not None else foreground_mask(fixed_p)
     initialization.check_overlap(fixed_p, moving_p, current, fixed_mask=overlap_region, when="after initialisation")
@@ -421,13 +429,22 @@ def register(
     with _metric_threads(threads):
         start_metric = _first_stage_metric(fixed, moving, fixed_eval, moving_eval, current, stages[0]["metric"],
                                            fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
+    if do_orient:
+        with _metric_threads(threads):
+            current, orient_info = initialization.orientation_search(
+                fixed_p, moving_p, current, metric=stages[0]["metric"], config=dict(init_cfg.get("orientation_search", {})),
+                seed=seed, fixed_mask=fixed_mask, moving_mask=moving_mask, cancelled=cancelled,
+                report=lambda f: tracker.update("initialize", 0.4 * f if do_search else f, message="searching orientations"),
+            )
+        init_info["orientation_search"] = orient_info
     if do_search:
         search_cfg = dict(init_cfg.get("rotation_search", {}))
         with _metric_threads(threads):
             current, search_info = initialization.rotation_search(
                 fixed_p, moving_p, current, metric=stages[0]["metric"], config=search_cfg, seed=seed,
                 fixed_mask=fixed_mask, moving_mask=moving_mask, cancelled=cancelled,
-                report=lambda f: tracker.update("initialize", f, message="searching rotations"),
+                report=lambda f: tracker.update("initialize", 0.4 * do_orient + (1 - 0.4 * do_orient) * f,
+                                                message="searching rotations"),
             )
         init_info["rotation_search"] = search_info
     initial_transform = _copy_transform(current)
@@ -588,6 +605,12 @@ def register(
                                                   fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
     result.sanity = sanity.check_result(fixed_p, moving_p, final, initial_metric=result.initial_metric,
                                         final_metric=result.final_metric, fixed_mask=overlap_region)
+    if preset_dict.get("checks", {}).get("independent_agreement", True):
+        identity = sitk.Transform(dim, sitk.sitkIdentity)  # the headers' own alignment
+        with _metric_threads(threads):
+            result.sanity.checks.append(sanity.check_independent_agreement(
+                fixed_p, moving_p, final, {"headers": identity, "initialisation": initialised,
+                                           "search": initial_transform}, fixed_mask=fixed_mask, seed=seed))
     timings["sanity"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     result.timings_s = {k: round(v, 4) for k, v in timings.items()}

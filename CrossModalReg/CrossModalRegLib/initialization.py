@@ -15,6 +15,21 @@ def _rigid(dim):
     return sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
 
 
+def set_rotation_matrix(tx, r) -> None:
+    """Set the rotation of a rigid transform from a matrix, away from gimbal lock.
+
+    ITK's Euler3DTransform (Z-X-Y order by default) loses a degree of freedom when its X angle is +-90 degrees:
+    a scan turned 90 degrees about L-R then optimises badly (2.4 mm instead of 0.05 mm measured on a simulated
+    CT). When the rotation is within 30 degrees of that lock, the Z-Y-X order is used instead (whose lock, at a Y
+    angle of +-90 degrees, is then far away; the two cannot both be near). The order is stored in the transform's
+    fixed parameters, so written transforms read back the same.
+    """
+    r = np.asarray(r, float)
+    if isinstance(tx, sitk.Euler3DTransform):
+        tx.SetComputeZYX(bool(abs(r[2, 1]) > np.cos(np.deg2rad(30.0))))  # Z-X-Y: sin(angle X) = r[2, 1]
+    tx.SetMatrix(tuple(r.ravel()))
+
+
 def check_landmark_pairs(fixed_landmarks, moving_landmarks, dim: int):
     """Validate paired landmarks for a rigid fit; return (fixed, moving) float arrays of shape (N, dim)."""
     if fixed_landmarks is None or moving_landmarks is None:
@@ -184,7 +199,7 @@ def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=No
         else:
             rot = sitk.Euler2DTransform((0, 0), angles_xyz[0])
         r = start_r @ np.array(rot.GetMatrix()).reshape(dim, dim)
-        tx.SetMatrix(tuple(r.ravel()))
+        set_rotation_matrix(tx, r)
         tx.SetTranslation(tuple(start_t))
         return tx
 
@@ -246,3 +261,150 @@ def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=No
     info = {"candidates": len(grid), "refined": len(chosen), "coarse_spacing_mm": coarse_mm,
             "best_start_angles_deg": best[2], "best_coarse_metric": best[0], "start_coarse_metric": start[0]}
     return best[1], info
+
+
+# ------------------------------------------------------------------------------ axis-aligned orientation search
+_AXIS_NAMES_LPS = ("x (the R-L axis)", "y (the A-P axis)", "z (the I-S axis)")
+
+
+def axis_aligned_rotations(dim: int) -> list[np.ndarray]:
+    """The proper rotations that map the coordinate axes onto themselves: the 24 rotations of the cube in 3D,
+    the 4 of the square in 2D (signed permutation matrices with determinant +1; mirror images are excluded, so a
+    left-right flip is never proposed). The identity comes first."""
+    out = []
+    for perm in itertools.permutations(range(dim)):
+        for signs in itertools.product((1.0, -1.0), repeat=dim):
+            r = np.zeros((dim, dim))
+            for row, (col, s) in enumerate(zip(perm, signs)):
+                r[row, col] = s
+            if np.linalg.det(r) > 0:
+                out.append(r)
+    out.sort(key=lambda r: -np.trace(r))  # identity (trace = dim) first
+    return out
+
+
+def describe_rotation(r: np.ndarray) -> str:
+    """A short human description of an axis-aligned rotation matrix in LPS: 'none', '180 deg about LPS y (the A-P axis)',
+    '120 deg about (+x +y -z) in LPS' ..."""
+    r = np.asarray(r, float)
+    dim = r.shape[0]
+    if np.allclose(r, np.eye(dim)):
+        return "none (as the headers say)"
+    if dim == 2:
+        angle = np.rad2deg(np.arctan2(r[1, 0], r[0, 0]))
+        return f"{angle:+.0f} deg in plane"
+    angle = float(np.rad2deg(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))))
+    w, v = np.linalg.eig(r)
+    axis = np.real(v[:, np.argmin(np.abs(w - 1.0))])
+    axis = axis / np.linalg.norm(axis)
+    if angle < 179.0:  # the sign of the axis matters (right-hand rule); for 180 deg it does not
+        skew = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+        if skew @ axis < 0:
+            axis = -axis
+    big = np.flatnonzero(np.abs(axis) > 0.3)
+    if len(big) == 1:
+        k = int(big[0])
+        sign = "" if angle > 179.0 else ("+" if axis[k] > 0 else "-")
+        return f"{angle:.0f} deg about LPS {sign}{_AXIS_NAMES_LPS[k]}"
+    parts = " ".join(f"{'+' if axis[k] > 0 else '-'}{'xyz'[k]}" for k in big)
+    return f"{angle:.0f} deg about ({parts}) in LPS"
+
+
+def orientation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=None, moving_mask=None,
+                       cancelled=lambda: False, report=lambda f: None):
+    """Try every axis-aligned orientation (24 in 3D) of the moving image about the start's centre; keep the best.
+
+    For scans whose headers do not say that one was acquired turned (head-first vs feet-first, prone vs supine):
+    a +-30 degree rotation search cannot reach a 90 or 180 degree turn. Each orientation ``Q`` gives the start
+    ``T(x) = R_start Q (x - c) + c + t`` (fixed -> moving, LPS; ``c`` the start's centre, i.e. the fixed centre
+    of mass after a moments start, so the centres stay matched). The metric is evaluated for all of them on coarse
+    copies (``coarse_spacing_mm``, default 8 mm); the ``top_k`` best and the start's own orientation are then
+    refined by a short rigid optimisation at that resolution, and the best refined value wins, but the start's
+    orientation is kept unless another is better by ``keep_start_margin`` (fraction of |metric|, default 2%):
+    a near-tie is no reason to turn a scan. Returns (transform fixed -> moving LPS, info dict with the chosen
+    orientation as a matrix and in words).
+    """
+    import time
+
+    from .metrics import metric_method
+
+    t0 = time.perf_counter()
+    dim = fixed.GetDimension()
+    coarse_mm = float(config.get("coarse_spacing_mm", 8.0 if dim == 3 else 4.0))
+    sample_fraction = float(config.get("sample_fraction", 0.5))
+    top_k = int(config.get("top_k", 3))
+    refine_iterations = int(config.get("refine_iterations", 40))
+    margin_fraction = float(config.get("keep_start_margin", 0.02))
+    f_c = coarse_copy(fixed, coarse_mm)
+    m_c = coarse_copy(moving, coarse_mm)
+    fm = sitk.Resample(fixed_mask, f_c, sitk.Transform(), sitk.sitkNearestNeighbor) if fixed_mask is not None else None
+    mm = sitk.Resample(moving_mask, m_c, sitk.Transform(), sitk.sitkNearestNeighbor) if moving_mask is not None else None
+    rotations = axis_aligned_rotations(dim)
+    start_r = np.array(start.GetMatrix()).reshape(dim, dim)
+    center = np.array(start.GetCenter())
+    start_t = np.array(start.GetTranslation())
+
+    def candidate(q):
+        tx = _rigid(dim)
+        tx.SetCenter(tuple(center))
+        set_rotation_matrix(tx, start_r @ q)
+        tx.SetTranslation(tuple(start_t))
+        return tx
+
+    def new_method():
+        return metric_method(metric, fraction=sample_fraction, strategy="regular", seed=int(seed), fixed_mask=fm,
+                             moving_mask=mm)
+
+    method = new_method()
+    raw = []
+    for i, q in enumerate(rotations):
+        if cancelled():
+            raise RegistrationCancelled()
+        method.SetInitialTransform(candidate(q), inPlace=False)
+        try:
+            value = float(method.MetricEvaluate(f_c, m_c))
+        except RuntimeError:  # too few samples overlap in this orientation
+            value = np.inf
+        raw.append(value)
+        report(0.4 * (i + 1) / len(rotations))
+    order = [int(i) for i in np.argsort(raw)]
+    chosen = order[:top_k]
+    if 0 not in chosen:
+        chosen.append(0)
+    refined = {}
+    for rank, i in enumerate(chosen):
+        if cancelled():
+            raise RegistrationCancelled()
+        tx = candidate(rotations[i])
+        m = new_method()
+        m.SetOptimizerAsRegularStepGradientDescent(learningRate=coarse_mm, minStep=0.1,
+                                                   numberOfIterations=refine_iterations, relaxationFactor=0.5,
+                                                   gradientMagnitudeTolerance=1e-8)
+        m.SetOptimizerScalesFromPhysicalShift()
+        m.SetInitialTransform(tx, inPlace=True)
+        m.AddCommand(sitk.sitkIterationEvent, lambda m=m: m.StopRegistration() if cancelled() else None)
+        try:
+            m.Execute(f_c, m_c)
+            value = float(m.GetMetricValue())
+        except RuntimeError:
+            value = np.inf
+        if cancelled():
+            raise RegistrationCancelled()
+        refined[i] = value
+        report(0.4 + 0.6 * (rank + 1) / len(chosen))
+    best = min(refined, key=lambda i: refined[i])
+    start_value = refined[0]
+    if np.isfinite(start_value) and start_value <= refined[best] + margin_fraction * abs(start_value):
+        best = 0
+    q = rotations[best]
+    info = {
+        "orientations": len(rotations), "refined": len(chosen), "coarse_spacing_mm": coarse_mm,
+        "chosen": describe_rotation(q), "chosen_matrix": q.tolist(), "turned": bool(best != 0),
+        "frame": "LPS; applied in fixed space before the start: T(x) = R_start Q (x - c) + c + t",
+        "chosen_coarse_metric": refined[best], "start_coarse_metric": start_value,
+        "runner_up": describe_rotation(rotations[min((i for i in refined if i != best), key=lambda i: refined[i])])
+        if len(refined) > 1 else None,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    # The chosen orientation as a fresh start (not the coarse refinement: the rotation search and the stages refine).
+    return candidate(q), info

@@ -114,10 +114,43 @@ def commit_output_dir(tmp: str, output_dir: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# A run may leave the evaluation landmarks this much further apart (mean) before it counts as worse: the larger of
+# an absolute and a relative allowance (landmark placement noise; Case24's floor is 0.83 mm, its identity 1.10 mm).
+LANDMARK_WORSE_TOLERANCE_MM = 0.5
+LANDMARK_WORSE_TOLERANCE_FRACTION = 0.10
+
+
+def landmark_check(transform, fixed_landmarks, moving_landmarks, *, evaluation_only: bool):
+    """A sanity check from paired landmarks: mean distance before (identity: the headers) and after ``transform``
+    (fixed -> moving, LPS). With landmarks given for evaluation only, a result that leaves them further apart than
+    before (beyond the tolerance) fails; landmarks used for the initialisation are reported but cannot judge."""
+    from .sanity import Check
+
+    fl = np.asarray(fixed_landmarks, float)
+    ml = np.asarray(moving_landmarks, float)
+    mapped = np.array([transform.TransformPoint(tuple(map(float, p))) for p in fl])
+    before = float(np.linalg.norm(fl - ml, axis=1).mean())
+    after_each = np.linalg.norm(mapped - ml, axis=1)
+    after = float(after_each.mean())
+    tol = max(LANDMARK_WORSE_TOLERANCE_MM, LANDMARK_WORSE_TOLERANCE_FRACTION * before)
+    ok = (after <= before + tol) or not evaluation_only
+    limit = f"mean after <= before + {tol:.2f} mm (max of {LANDMARK_WORSE_TOLERANCE_MM} mm and " \
+            f"{100 * LANDMARK_WORSE_TOLERANCE_FRACTION:.0f}% of before)" if evaluation_only else "reported only"
+    msg = "ok" if ok else (
+        f"the registration moved the {len(fl)} evaluation landmarks further apart: mean distance {before:.2f} mm "
+        f"before (as the headers align them) -> {after:.2f} mm after (tolerance {tol:.2f} mm: the larger of "
+        f"{LANDMARK_WORSE_TOLERANCE_MM} mm and {100 * LANDMARK_WORSE_TOLERANCE_FRACTION:.0f}% of before)")
+    return Check("landmarks_not_worse" if evaluation_only else "landmarks_reported", bool(ok), after, limit, msg,
+                 details={"pairs": int(len(fl)), "mean_before_mm": before, "mean_after_mm": after,
+                          "median_after_mm": float(np.median(after_each)), "max_after_mm": float(after_each.max()),
+                          "tolerance_mm": tol, "used_for_initialization": not evaluation_only})
+
+
 def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str, *, preset="multimodal-rigid",
                          fixed_mask=None, moving_mask=None, fixed_landmarks=None, moving_landmarks=None,
                          landmark_labels=None, initial_transform=None, seed: int = engine.DEFAULT_SEED,
-                         overrides=None, rotation_search=None, progress=None, cancel=None, overwrite: bool = False,
+                         overrides=None, rotation_search=None, orientation_search=None, progress=None, cancel=None,
+                         overwrite: bool = False,
                          input_files: dict | None = None, extra_provenance: dict | None = None,
                          use_landmarks_for_initialization: bool = True, strict: bool = True, pictures: bool = True,
                          threads: int | None = 1):
@@ -140,9 +173,22 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
             fixed_landmarks=fixed_landmarks if use_landmarks_for_initialization else None,
             moving_landmarks=moving_landmarks if use_landmarks_for_initialization else None,
             initial_transform_fixed_to_moving=initial_transform, seed=seed, overrides=overrides,
-            rotation_search=rotation_search, progress=progress, cancel=cancel, strict=strict, threads=threads,
+            rotation_search=rotation_search, orientation_search=orientation_search, progress=progress, cancel=cancel,
+            strict=strict and fixed_landmarks is None, threads=threads,
         )
         tx = result.transform_fixed_to_moving_lps
+        if fixed_landmarks is not None and moving_landmarks is not None:
+            check = landmark_check(tx, fixed_landmarks, moving_landmarks,
+                                   evaluation_only=not use_landmarks_for_initialization)
+            result.sanity.checks.append(check)
+            if strict and not result.sanity.passed:  # the landmark figures are part of the message either way
+                from .errors import RegistrationFailed
+
+                d = check.details
+                figures = (f"landmarks {d['mean_before_mm']:.2f} mm before -> {d['mean_after_mm']:.2f} mm after"
+                           if check.passed else "")
+                raise RegistrationFailed("the result failed the post-run checks: " + "; ".join(
+                    result.sanity.failures() + ([figures] if figures else [])), result.sanity.failures(), result)
         sitk.WriteTransform(tx, os.path.join(tmp, "transform.h5"))
         resampled = result.resample_moving(fixed, moving)
         sitk.WriteImage(resampled, os.path.join(tmp, "moving_resampled.nii.gz"), useCompression=True)

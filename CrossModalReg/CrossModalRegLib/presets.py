@@ -9,7 +9,9 @@ A preset file (``presets/<name>.json``) has::
       "dimension": 3,                       # 2, 3 or "any"
       "preprocessing": {"fixed": {...}, "moving": {...}},
       "initialization": {"method": "moments" | "geometry" | "landmarks" | "none",
+                         "orientation_search": {"enabled": true, "coarse_spacing_mm": 8, "top_k": 3, ...},
                          "rotation_search": {"enabled": true, "max_angle_deg": 45, "step_deg": 15, ...}},
+      "checks": {"independent_agreement": true},   # the post-run NGF check (sanity.check_independent_agreement)
       "stages": [ {"type": "rigid" | "affine" | "bspline", "metric": {...}, "sampling": {...},
                    "optimizer": {...}, "shrink_factors": [...] or "level_spacing_mm": [...] (linear stages),
                    "smoothing_sigmas_mm": [...], ...}, ... ]

@@ -31,6 +31,9 @@ def add_parser(sub):
     p.add_argument("--initial-transform", help="ITK transform file (fixed -> moving, LPS) to start from")
     p.add_argument("--seed", type=int, default=None, help="random seed of the metric sampling (default: fixed)")
     p.add_argument("--no-rotation-search", action="store_true", help="skip the coarse search over rotations")
+    p.add_argument("--no-orientation-search", action="store_true",
+                   help="skip the search over the 24 axis-aligned orientations (90/180-degree turns) of 3D images: "
+                   "for headers known to be right (same as --set initialization.orientation_search.enabled=false)")
     p.add_argument("--threads", type=int, default=1,
                    help="threads for metric evaluation: 1 (default) gives bit-identical repeat runs; 0 uses all cores "
                    "(about 1.5x faster, repeat runs may differ by ~0.01 mm)")
@@ -86,6 +89,7 @@ def run(args) -> int:
         fixed_landmarks=fl, moving_landmarks=ml, landmark_labels=labels, initial_transform=initial,
         seed=engine.DEFAULT_SEED if args.seed is None else args.seed, overrides=parse_overrides(args.set),
         rotation_search=False if args.no_rotation_search else None,
+        orientation_search=False if args.no_orientation_search else None,
         progress=TerminalProgress(enabled=not args.no_progress), overwrite=args.overwrite,
         input_files={"fixed": args.fixed, "moving": args.moving, "fixed_mask": args.fixed_mask,
                      "moving_mask": args.moving_mask, "fixed_landmarks": args.fixed_landmarks,
@@ -93,6 +97,17 @@ def run(args) -> int:
         use_landmarks_for_initialization=args.landmarks_for == "initialization", strict=not args.keep_failed,
         threads=args.threads or None,
     )
+    orient = result.initialization.get("orientation_search")
+    if orient:
+        print(f"orientation search ({orient['orientations']} axis-aligned orientations): "
+              f"{'TURNED ' if orient['turned'] else ''}{orient['chosen']}")
+    for check in result.sanity.checks:
+        if check.name in ("landmarks_not_worse", "landmarks_reported") and check.details:
+            d = check.details
+            use = "initialisation" if d["used_for_initialization"] else "evaluation"
+            print(f"landmarks ({use}, {d['pairs']} pairs): mean distance {d['mean_before_mm']:.2f} mm before -> "
+                  f"{d['mean_after_mm']:.2f} mm after (median {d['median_after_mm']:.2f}, max {d['max_after_mm']:.2f})"
+                  + ("" if check.passed else "  WORSE"))
     status = "passed" if result.sanity.passed else "FAILED (" + "; ".join(result.sanity.failures()) + ")"
     print(f"registered in {result.timings_s['total']:.1f} s; sanity checks {status}")
     print(f"metric {result.initial_metric:.5g} -> {result.final_metric:.5g}; outputs in {out}")
