@@ -70,7 +70,7 @@ def test_epi_t1_good_run_passes_every_check_and_flirt_moved_25mm_is_flagged(shar
 
 def test_brainweb_good_run_passes_and_landmark_evaluation_fails_a_made_worse_run(shared_data, tmp_path, capsys):
     """BrainWeb T1/PD (aligned: the truth is identity). A run forced to a wrong answer (started 25 mm off with no
-    iterations and no search, the independent check switched off so that only the landmarks judge) must exit 3,
+    real step and no search, the independent check switched off so that only the landmarks judge) must exit 3,
     print before/after, and write nothing; with --keep-failed it writes the outputs marked failed."""
     d = shared_data / "brainweb2d"
     fixed = sitk.ReadImage(str(d / "BrainT1Slice.mha"))
@@ -90,8 +90,9 @@ def test_brainweb_good_run_passes_and_landmark_evaluation_fails_a_made_worse_run
 
     shift = tmp_path / "shift.tfm"
     sitk.WriteTransform(sitk.TranslationTransform(2, (25.0, 0.0)), str(shift))
-    worse = base + ["--initial-transform", str(shift), "--set", "stages.0.optimizer.iterations=0",
-                    "--set", "checks.independent_agreement=false"]
+    # one step of a size below the optimiser's minimum step: it stops where it starts (0 iterations is refused)
+    worse = base + ["--initial-transform", str(shift), "--set", "stages.0.optimizer.iterations=1",
+                    "--set", "stages.0.optimizer.learning_rate=1e-9", "--set", "checks.independent_agreement=false"]
     bad = tmp_path / "bad"
     assert cli.main(worse + ["--output-dir", str(bad)]) == 3
     err = capsys.readouterr().err
