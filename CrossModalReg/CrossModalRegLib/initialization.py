@@ -152,6 +152,14 @@ def check_overlap(fixed, moving, transform, *, fixed_mask=None, when="", minimum
     return frac
 
 
+def _coarse_inputs(fixed, moving, fixed_mask, moving_mask, coarse_mm):
+    """The two images at ``coarse_mm`` and their masks on those grids (None stays None), for the searches."""
+    f_c, m_c = coarse_copy(fixed, coarse_mm), coarse_copy(moving, coarse_mm)
+    fm = sitk.Resample(fixed_mask, f_c, sitk.Transform(), sitk.sitkNearestNeighbor) if fixed_mask is not None else None
+    mm = sitk.Resample(moving_mask, m_c, sitk.Transform(), sitk.sitkNearestNeighbor) if moving_mask is not None else None
+    return f_c, m_c, fm, mm
+
+
 def coarse_copy(image, spacing_mm: float) -> sitk.Image:
     """Block-average (BinShrink) to about ``spacing_mm`` voxels: smoothing and down-sampling in one cheap pass."""
     factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
@@ -177,10 +185,7 @@ def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=No
     step = float(config.get("step_deg", 15.0))
     top_k = int(config.get("top_k", 3))
     refine_iterations = int(config.get("refine_iterations", 60))
-    f_c = coarse_copy(fixed, coarse_mm)
-    m_c = coarse_copy(moving, coarse_mm)
-    fm = sitk.Resample(fixed_mask, f_c, sitk.Transform(), sitk.sitkNearestNeighbor) if fixed_mask is not None else None
-    mm = sitk.Resample(moving_mask, m_c, sitk.Transform(), sitk.sitkNearestNeighbor) if moving_mask is not None else None
+    f_c, m_c, fm, mm = _coarse_inputs(fixed, moving, fixed_mask, moving_mask, coarse_mm)
 
     angles = np.deg2rad(np.arange(-max_angle, max_angle + 1e-9, step))
     if dim == 3:
@@ -335,10 +340,7 @@ def orientation_search(fixed, moving, start, *, metric, config, seed, fixed_mask
     top_k = int(config.get("top_k", 3))
     refine_iterations = int(config.get("refine_iterations", 40))
     margin_fraction = float(config.get("keep_start_margin", 0.02))
-    f_c = coarse_copy(fixed, coarse_mm)
-    m_c = coarse_copy(moving, coarse_mm)
-    fm = sitk.Resample(fixed_mask, f_c, sitk.Transform(), sitk.sitkNearestNeighbor) if fixed_mask is not None else None
-    mm = sitk.Resample(moving_mask, m_c, sitk.Transform(), sitk.sitkNearestNeighbor) if moving_mask is not None else None
+    f_c, m_c, fm, mm = _coarse_inputs(fixed, moving, fixed_mask, moving_mask, coarse_mm)
     rotations = axis_aligned_rotations(dim)
     start_r = np.array(start.GetMatrix()).reshape(dim, dim)
     center = np.array(start.GetCenter())
