@@ -34,3 +34,37 @@ def tre(estimated, truth, points) -> np.ndarray:
 
 def foreground(image: sitk.Image) -> sitk.Image:
     return sitk.OtsuThreshold(sitk.Cast(image, sitk.sitkFloat32), 0, 1, 128)
+
+
+def translated_validation_nodes(scene, label_array, shift, points, labels, *, moving_offset=(0.0, 0.0, 0.0),
+                                origin=None, volume_names=("fixed", "moving")):
+    """MRML nodes of a validation case with a known answer, from a label array (k, j, i).
+
+    The fixed label map and a fixed image (labels x 100 + 10), their copies moved by the translation ``shift``
+    (fixed -> moving, LPS mm) as the moving ones, landmarks ``points`` (LPS) on the fixed image and the same points
+    shifted (plus ``moving_offset``, a planted error) on the moving one, and a transform node holding the translation.
+    Returns the keys ``validate_nodes`` takes (transform_node, fixed_volume, ...) and ``transform`` (SimpleITK).
+    """
+    from CrossModalRegLib.mrml import markups_node_from_points, set_transform_fixed_to_moving, volume_node_from_image
+
+    fixed_labels = sitk.GetImageFromArray(np.asarray(label_array, dtype=np.uint8))
+    if origin is not None:
+        fixed_labels.SetOrigin(tuple(origin))
+    tx = sitk.TranslationTransform(3, tuple(shift))
+    moving_labels = sitk.Resample(fixed_labels, fixed_labels, tx.GetInverse(), sitk.sitkNearestNeighbor, 0)
+    fixed_img = sitk.Cast(fixed_labels, sitk.sitkFloat32) * 100 + 10
+    moving_img = sitk.Resample(fixed_img, fixed_img, tx.GetInverse(), sitk.sitkLinear, 10.0)
+    fl = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "fixed labels")
+    ml = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "moving labels")
+    volume_node_from_image(scene, fixed_labels, "fixed labels", node=fl)
+    volume_node_from_image(scene, moving_labels, "moving labels", node=ml)
+    fv = volume_node_from_image(scene, fixed_img, volume_names[0])
+    mv = volume_node_from_image(scene, moving_img, volume_names[1])
+    pts = np.asarray(points, float)
+    fm = markups_node_from_points(scene, pts, list(labels), "fixed landmarks")
+    mm = markups_node_from_points(scene, pts + np.asarray(shift) + np.asarray(moving_offset), list(labels),
+                                  "moving landmarks")
+    tn = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    set_transform_fixed_to_moving(tn, tx)
+    return dict(transform_node=tn, fixed_volume=fv, moving_volume=mv, fixed_landmarks=fm, moving_landmarks=mm,
+                fixed_segmentation=fl, moving_segmentation=ml, transform=tx)

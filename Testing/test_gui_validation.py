@@ -9,6 +9,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from _cases import translated_validation_nodes
 
 pytest.importorskip("PyQt5", reason="the GUI harness needs PyQt5 (the project's test extra)")
 
@@ -18,31 +19,16 @@ PLANTED = 0.5  # mm of landmark error planted along S
 
 @pytest.fixture
 def case(module_widget, slicer_gui):
-    import SimpleITK as sitk
-
-    from CrossModalRegLib.mrml import markups_node_from_points, set_transform_fixed_to_moving, volume_node_from_image
-
     scene = slicer_gui.scene
     arr = np.zeros((30, 32, 34), dtype=np.uint8)
     arr[8:20, 10:24, 6:26] = 1
     arr[20:28, 4:12, 10:30] = 2
-    fixed_labels = sitk.GetImageFromArray(arr)
-    tx = sitk.TranslationTransform(3, SHIFT)
-    moving_labels = sitk.Resample(fixed_labels, fixed_labels, tx.GetInverse(), sitk.sitkNearestNeighbor, 0)
-    fixed_img = sitk.Cast(fixed_labels, sitk.sitkFloat32) * 100 + 10
-    moving_img = sitk.Resample(fixed_img, fixed_img, tx.GetInverse(), sitk.sitkLinear, 10.0)
-    fl = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "fixed labels")
-    ml = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "moving labels")
-    volume_node_from_image(scene, fixed_labels, "fixed labels", node=fl)
-    volume_node_from_image(scene, moving_labels, "moving labels", node=ml)
-    fv = volume_node_from_image(scene, fixed_img, "fixed MR")
-    mv = volume_node_from_image(scene, moving_img, "moving CT")
-    pts = np.array([[10.0, 12.0, 14.0], [20.0, 15.0, 12.0], [15.0, 20.0, 18.0], [8.0, 25.0, 20.0]])
-    fm = markups_node_from_points(scene, pts, ["AC", "PC", "L1", "L2"], "fixed landmarks")
-    mm = markups_node_from_points(scene, pts + np.array(SHIFT) + [0, 0, PLANTED], ["AC", "PC", "L1", "L2"],
-                                  "moving landmarks")
-    tn = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
-    set_transform_fixed_to_moving(tn, tx)
+    pts = [[10.0, 12.0, 14.0], [20.0, 15.0, 12.0], [15.0, 20.0, 18.0], [8.0, 25.0, 20.0]]
+    n = translated_validation_nodes(scene, arr, SHIFT, pts, ["AC", "PC", "L1", "L2"], moving_offset=(0, 0, PLANTED),
+                                    volume_names=("fixed MR", "moving CT"))
+    tn, fv, mv, fm, mm = (n[k] for k in ("transform_node", "fixed_volume", "moving_volume", "fixed_landmarks",
+                                         "moving_landmarks"))
+    fl, ml = n["fixed_segmentation"], n["moving_segmentation"]
     m = module_widget("CrossModalRegValidation")
     m.enter()
     return dict(m=m, scene=scene, transform=tn, fixed=fv, moving=mv, fixed_landmarks=fm, moving_landmarks=mm,

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
+from _cases import translated_validation_nodes
 
 from CrossModalRegLib.errors import CrossModalRegError
-from CrossModalRegLib.mrml import markups_node_from_points, set_transform_fixed_to_moving, volume_node_from_image
+from CrossModalRegLib.mrml import set_transform_fixed_to_moving, volume_node_from_image
 from CrossModalRegLib.validation import LANDMARK_COLUMNS, SEGMENT_COLUMNS, SUMMARY_COLUMNS, load_profile
 from CrossModalRegLib.validation.scene import validate_nodes
 
@@ -27,27 +28,11 @@ def case(scene):
     arr = np.zeros((40, 44, 48), dtype=np.uint8)
     arr[8:20, 10:30, 6:26] = 1
     arr[22:34, 14:36, 20:40] = 2
-    fixed_labels = sitk.GetImageFromArray(arr)
-    fixed_labels.SetOrigin((-20.0, -30.0, 10.0))
-    tx = sitk.TranslationTransform(3, SHIFT)
-    moving_labels = sitk.Resample(fixed_labels, fixed_labels, tx.GetInverse(), sitk.sitkNearestNeighbor, 0)
-    fixed_img = sitk.Cast(fixed_labels, sitk.sitkFloat32) * 100 + 10
-    moving_img = sitk.Resample(fixed_img, fixed_img, tx.GetInverse(), sitk.sitkLinear, 10.0)
-    fl = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "fixed labels")
-    ml = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "moving labels")
-    volume_node_from_image(scene, fixed_labels, "fixed labels", node=fl)
-    volume_node_from_image(scene, moving_labels, "moving labels", node=ml)
-    fv = volume_node_from_image(scene, fixed_img, "fixed")
-    mv = volume_node_from_image(scene, moving_img, "moving")
-    pts = np.array([[0.0, -10.0, 20.0], [5.0, 3.0, 30.0], [-8.0, 0.0, 25.0], [2.0, -4.0, 40.0]])
-    labels = ["AC", "PC", "L1", "L2"]
-    fm = markups_node_from_points(scene, pts, labels, "fixed landmarks")
-    mm = markups_node_from_points(scene, pts + np.array(SHIFT) + np.array([0.0, 0.0, 0.5]), labels,
-                                  "moving landmarks")
-    tn = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
-    set_transform_fixed_to_moving(tn, tx)
-    return dict(transform_node=tn, fixed_volume=fv, moving_volume=mv, fixed_landmarks=fm, moving_landmarks=mm,
-                fixed_segmentation=fl, moving_segmentation=ml)
+    pts = [[0.0, -10.0, 20.0], [5.0, 3.0, 30.0], [-8.0, 0.0, 25.0], [2.0, -4.0, 40.0]]
+    nodes = translated_validation_nodes(scene, arr, SHIFT, pts, ["AC", "PC", "L1", "L2"], moving_offset=(0.0, 0.0, 0.5),
+                                        origin=(-20.0, -30.0, 10.0))
+    nodes.pop("transform")
+    return nodes
 
 
 def test_tables_and_plot_have_the_right_columns_units_and_rows(scene, case):

@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from _cases import translated_validation_nodes
 
 from CrossModalRegLib.errors import CrossModalRegError, RegistrationCancelled
 from CrossModalRegLib.mrml import (
     image_from_volume_node,
-    markups_node_from_points,
-    set_transform_fixed_to_moving,
-    volume_node_from_image,
 )
 from CrossModalRegLib.validation.scene import validate_nodes
 
@@ -23,24 +21,10 @@ SHIFT = (3.0, -2.0, 1.0)  # fixed -> moving, LPS mm
 def case(scene):
     arr = np.zeros((30, 32, 34), dtype=np.uint8)
     arr[8:20, 10:24, 6:26] = 1
-    fixed_labels = sitk.GetImageFromArray(arr)
-    tx = sitk.TranslationTransform(3, SHIFT)
-    moving_labels = sitk.Resample(fixed_labels, fixed_labels, tx.GetInverse(), sitk.sitkNearestNeighbor, 0)
-    fixed_img = sitk.Cast(fixed_labels, sitk.sitkFloat32) * 100 + 10
-    moving_img = sitk.Resample(fixed_img, fixed_img, tx.GetInverse(), sitk.sitkLinear, 10.0)
-    fl = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "fixed labels")
-    ml = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "moving labels")
-    volume_node_from_image(scene, fixed_labels, "fixed labels", node=fl)
-    volume_node_from_image(scene, moving_labels, "moving labels", node=ml)
-    fv = volume_node_from_image(scene, fixed_img, "fixed")
-    mv = volume_node_from_image(scene, moving_img, "moving")
-    pts = np.array([[10.0, 12.0, 14.0], [20.0, 15.0, 12.0], [15.0, 20.0, 18.0]])
-    fm = markups_node_from_points(scene, pts, ["a", "b", "c"], "fixed landmarks")
-    mm = markups_node_from_points(scene, pts + np.array(SHIFT), ["a", "b", "c"], "moving landmarks")
-    tn = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
-    set_transform_fixed_to_moving(tn, tx)
-    return dict(transform_node=tn, fixed_volume=fv, moving_volume=mv, fixed_landmarks=fm, moving_landmarks=mm,
-                fixed_segmentation=fl, moving_segmentation=ml)
+    nodes = translated_validation_nodes(scene, arr, SHIFT, [[10.0, 12.0, 14.0], [20.0, 15.0, 12.0],
+                                                            [15.0, 20.0, 18.0]], ["a", "b", "c"])
+    nodes.pop("transform")
+    return nodes
 
 
 def _counts(scene):
