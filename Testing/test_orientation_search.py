@@ -28,13 +28,7 @@ def turned_pair(t1, model, modality, axis, angle_deg, seed):
     Returns (moving, truth fixed -> moving LPS, target points)."""
     rng = np.random.RandomState(seed)
     center = t1.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in t1.GetSize()])
-    turn = sitk.Euler3DTransform()
-    turn.SetCenter(center)
-    angles = [0.0, 0.0, 0.0]
-    angles[axis] = np.deg2rad(angle_deg)
-    turn.SetRotation(*angles)
-    small = simulation.random_rigid_transform(rng, center=center, max_angle_deg=8.0, max_translation_mm=8.0)
-    truth = sitk.CompositeTransform([small, turn])  # fixed point -> turned -> offset: a point of the moving image
+    truth = simulation.turned_then_offset(rng, center=center, axis=axis, angle_deg=angle_deg)
     moving = simulation.simulate_pair(simulation.render(model, modality, rng=rng), truth, spacing=GRIDS[modality],
                                       rng=rng)
     targets = simulation.points_in_mask(model.brain_mask(), 300, rng)

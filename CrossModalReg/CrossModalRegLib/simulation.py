@@ -221,6 +221,21 @@ def _bias_field(reference, rng, strength):
 
 
 # -------------------------------------------------------------------------------------- pair making
+def turned_then_offset(rng: np.random.RandomState, *, center, axis: int, angle_deg: float,
+                       max_angle_deg: float = 8.0, max_translation_mm: float = 8.0) -> sitk.Transform:
+    """Fixed -> moving (LPS): a turn of ``angle_deg`` about LPS ``axis`` (0, 1, 2) through ``center``, then a small
+    random rigid offset (:func:`random_rigid_transform`): a scan acquired turned by 90 or 180 degrees with a header
+    that does not say so."""
+    turn = sitk.Euler3DTransform()
+    turn.SetCenter(tuple(center))
+    angles = [0.0, 0.0, 0.0]
+    angles[axis] = np.deg2rad(angle_deg)
+    turn.SetRotation(*angles)
+    small = random_rigid_transform(rng, center=center, max_angle_deg=max_angle_deg,
+                                   max_translation_mm=max_translation_mm)
+    return sitk.CompositeTransform([small, turn])  # applied right to left: the turn first
+
+
 def random_rigid_transform(rng: np.random.RandomState, *, center, max_angle_deg: float = 30.0,
                            max_translation_mm: float = 30.0, dim: int = 3) -> sitk.Transform:
     """A random rigid transform (fixed -> moving, LPS): a rotation of ``max_angle_deg`` at most about a random axis

@@ -16,7 +16,6 @@ import sys
 import time
 
 import numpy as np
-import SimpleITK as sitk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -33,13 +32,7 @@ def turned_case(t1, model, modality, axis, angle_deg, seed):
     """(moving, truth fixed -> moving LPS, targets): the turn about the head's centre, then a small offset."""
     rng = np.random.RandomState(seed)
     center = t1.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in t1.GetSize()])
-    turn = sitk.Euler3DTransform()
-    turn.SetCenter(center)
-    angles = [0.0, 0.0, 0.0]
-    angles[axis] = np.deg2rad(angle_deg)
-    turn.SetRotation(*angles)
-    small = simulation.random_rigid_transform(rng, center=center, max_angle_deg=8.0, max_translation_mm=8.0)
-    truth = sitk.CompositeTransform([small, turn])  # applied right to left: the turn first
+    truth = simulation.turned_then_offset(rng, center=center, axis=axis, angle_deg=angle_deg)
     moving = simulation.simulate_pair(simulation.render(model, modality, rng=rng), truth, spacing=GRIDS[modality],
                                       rng=rng)
     return moving, truth, simulation.points_in_mask(model.brain_mask(), 400, rng)
