@@ -25,22 +25,14 @@ answer. Only the registration call is timed. Examples::
 from __future__ import annotations
 
 import argparse
+import json  # noqa: E402
 import os
 import sys
-
-_pre = argparse.ArgumentParser(add_help=False)
-_pre.add_argument("--threads", type=int, default=2)
-_threads = str(_pre.parse_known_args()[0].threads)
-for _k in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-           "ANTS_RANDOM_SEED_THREADS"):
-    os.environ[_k] = _threads
-os.environ.setdefault("ANTS_RANDOM_SEED", "1")
-
-import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 
+import _bench_threads  # noqa: F401  (sets the thread count before ITK and the others load)
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 

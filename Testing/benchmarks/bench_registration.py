@@ -17,25 +17,16 @@ ants (a tool that is not installed is skipped with a note). Every tool runs with
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-
-# Threads: fixed before ITK, SimpleITK, elastix or ANTs are imported (each reads these at load time).
-_pre = argparse.ArgumentParser(add_help=False)
-_pre.add_argument("--threads", type=int, default=2)
-_threads = str(_pre.parse_known_args()[0].threads)
-for _k in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-           "ANTS_RANDOM_SEED_THREADS"):
-    os.environ[_k] = _threads
-os.environ.setdefault("ANTS_RANDOM_SEED", "1")
-
 import datetime  # noqa: E402
 import json  # noqa: E402
+import os
 import platform  # noqa: E402
 import subprocess  # noqa: E402
+import sys
 import time  # noqa: E402
 import traceback  # noqa: E402
 
+import _bench_threads  # noqa: F401  (sets the thread count before ITK and the others load)
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
