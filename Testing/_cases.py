@@ -68,3 +68,16 @@ def translated_validation_nodes(scene, label_array, shift, points, labels, *, mo
     set_transform_fixed_to_moving(tn, tx)
     return dict(transform_node=tn, fixed_volume=fv, moving_volume=mv, fixed_landmarks=fm, moving_landmarks=mm,
                 fixed_segmentation=fl, moving_segmentation=ml, transform=tx)
+
+
+def folder_digest(folder) -> str:
+    """SHA-256 over every file's relative path and bytes under ``folder``: equal digests, nothing was rewritten."""
+    import hashlib
+    import pathlib
+
+    h = hashlib.sha256()
+    for p in sorted(pathlib.Path(folder).rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()

@@ -3,7 +3,6 @@ recovery, file formats through Slicer's storage node, bad input, consensus nodes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 import signal
@@ -13,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from _cases import folder_digest
 
 from CrossModalRegLib.cli import main as cli_main
 from CrossModalRegLib.errors import CrossModalRegError
@@ -38,15 +38,6 @@ def _protocol(n=6):
     return LandmarkProtocol(
         name="phantom", version="2.1", description="test protocol",
         landmarks=[LandmarkDefinition(f"L{i + 1}", f"click landmark {i + 1}") for i in range(n)])
-
-
-def _folder_digest(folder):
-    h = hashlib.sha256()
-    for p in sorted(pathlib.Path(folder).rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _place(node, index, pos_lps):
@@ -186,7 +177,7 @@ def test_bad_input_names_what_to_fix_and_touches_nothing_saved(scene, tmp_path):
     folder = str(tmp_path / "s")
     session = AnnotationSession.create(folder, _protocol())
     session.import_points("alice", "fixed", ["L1", "L2", "L3", "L4"], np.arange(12.0).reshape(4, 3))
-    digest = _folder_digest(folder)
+    digest = folder_digest(folder)
     with pytest.raises(CrossModalRegError, match="unknown landmark label 'X9'.*add the label to the protocol"):
         session.set_point("alice", "fixed", "X9", [0, 0, 0])
     with pytest.raises(CrossModalRegError, match="duplicate landmark label 'L2'"):
@@ -214,7 +205,7 @@ def test_bad_input_names_what_to_fix_and_touches_nothing_saved(scene, tmp_path):
     with pytest.raises(CrossModalRegError, match="2D pixel \\(ANHIR\\) landmarks but 3D"):
         (tmp_path / "anhir.csv").write_text(",X,Y\n1,5,6\n")
         read_landmark_file(str(tmp_path / "anhir.csv"), dimension=3)
-    assert _folder_digest(folder) == digest
+    assert folder_digest(folder) == digest
     assert AnnotationSession.open(folder).annotators() == ["alice"]
 
 
@@ -340,10 +331,10 @@ def test_dragging_saves_once_on_release_and_a_rejected_rename_is_reported(scene,
     assert AnnotationSession.open(session.folder).get_point("alice", "fixed", "L1").position[0] == 1.0
     node.InvokeEvent(node.PointEndInteractionEvent)
     assert AnnotationSession.open(session.folder).get_point("alice", "fixed", "L1").position[0] == 5.0
-    digest = _folder_digest(session.folder)
+    digest = folder_digest(session.folder)
     node.SetNthControlPointLabel(1, "not-in-protocol")
     _place(node, 1, [2.0, 2.0, 2.0])
     assert isinstance(rec.last_error, CrossModalRegError) and "not-in-protocol" in str(rec.last_error)
-    assert _folder_digest(session.folder) == digest
+    assert folder_digest(session.folder) == digest
     _place(node, 2, [3.0, 3.0, 3.0])  # later points are still saved
     assert AnnotationSession.open(session.folder).get_point("alice", "fixed", "L3") is not None

@@ -5,7 +5,6 @@ reused and never overwrite inputs."""
 
 from __future__ import annotations
 
-import hashlib
 import pathlib
 import shutil
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
+from _cases import folder_digest
 
 from CrossModalRegLib import mrml, views
 from CrossModalRegLib.errors import CrossModalRegError
@@ -29,15 +29,6 @@ from CrossModalRegLib.outputs import check_outputs
 
 F3 = np.array([-1.0, -1.0, 1.0])
 N = 8
-
-
-def _digest(folder):
-    h = hashlib.sha256()
-    for p in sorted(pathlib.Path(folder).rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _volume(scene, name, origin, direction):
@@ -120,13 +111,13 @@ def test_points_clicked_after_register_are_saved_in_each_images_own_space(scene,
             nodes[(annotator, image)] = node
             for i in range(N):  # before Register the world is each image's own space
                 _set_world(node, i, F3 * (truth[i] + rng.normal(0, 0.3, 3)))
-    before = _digest(session.folder)
+    before = folder_digest(session.folder)
     stats, result, tnode = _register(scene, session, fixed, moving)
     assert result.fre_rms < 1.0
     # The moving annotation nodes went under the registration with the moving image; nothing was re-saved.
     assert nodes[("A", "moving")].GetTransformNodeID() == tnode.GetID()
     assert nodes[("A", "fixed")].GetTransformNodeID() is None
-    assert _digest(session.folder) == before
+    assert folder_digest(session.folder) == before
     # ... and they are displayed on the fixed anatomy (within the annotation noise and the fit).
     shown = np.array([nodes[("A", "moving")].GetNthControlPointPositionWorld(i) for i in range(N)]) * F3
     assert np.max(np.linalg.norm(shown - truth_f, axis=1)) < 2.0
@@ -167,11 +158,11 @@ def test_reloaded_session_follows_the_images_transform(scene, tmp_path, two_imag
     assert node.GetTransformNodeID() == tnode.GetID()
     shown = np.array([node.GetNthControlPointPositionWorld(i) for i in range(N)]) * F3
     np.testing.assert_allclose(shown, truth_f, atol=1e-6)  # displayed on the fixed anatomy
-    before = _digest(session.folder)
+    before = folder_digest(session.folder)
     ml.SessionRecorder(session, node, image_volume=moving)
     moving.SetAndObserveTransformNodeID(None)  # the user removes the registration: the points follow
     assert node.GetTransformNodeID() is None
-    assert _digest(session.folder) == before
+    assert folder_digest(session.folder) == before
 
 
 def test_a_failed_save_reaches_the_error_callback(scene, tmp_path, two_images):
