@@ -36,11 +36,8 @@ def _stage_line(stage: dict) -> str:
         parts.append("levels at " + ", ".join(f"{v:g}" for v in stage["level_spacing_mm"]) + " mm")
     elif "shrink_factors" in stage:
         parts.append("shrink factors " + ", ".join(f"{v:g}" for v in stage["shrink_factors"]))
-    if stage.get("type") == "bspline":
-        grid = stage.get("grid_spacing_mm", stage.get("control_point_spacing_mm"))
-        if grid is not None:
-            parts.append("control points " + (", ".join(f"{v:g}" for v in grid) if isinstance(grid, list)
-                                               else f"{grid:g}") + " mm")
+    if stage.get("type") == "bspline" and "control_point_spacing_mm" in stage:
+        parts.append(f"control points {stage['control_point_spacing_mm']:g} mm")
     return "; ".join(parts)
 
 
