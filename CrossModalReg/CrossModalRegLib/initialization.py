@@ -212,20 +212,23 @@ def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=No
         return metric_method(metric, fraction=sample_fraction, strategy="regular", seed=int(seed), fixed_mask=fm,
                              moving_mask=mm)
 
-    scores = []
-    method = new_method()
-    for i, ang in enumerate(grid):
-        if cancelled():
-            raise RegistrationCancelled()
-        tx = candidate(ang)
-        method.SetInitialTransform(tx, inPlace=False)
-        try:
-            value = method.MetricEvaluate(f_c, m_c)
-        except RuntimeError:  # too few samples overlap for this rotation
-            value = np.inf
-        scores.append((float(value), i))
-        if i % 8 == 0:
-            report(0.5 * (i + 1) / len(grid))
+    scores = _grid_scores_exhaustive(new_method(), f_c, m_c, start, center, angles, dim, cancelled)
+    if scores is None:  # a grid rotation left too few samples inside the moving image: score one by one
+        scores = []
+        method = new_method()
+        for i, ang in enumerate(grid):
+            if cancelled():
+                raise RegistrationCancelled()
+            tx = candidate(ang)
+            method.SetInitialTransform(tx, inPlace=False)
+            try:
+                value = method.MetricEvaluate(f_c, m_c)
+            except RuntimeError:  # too few samples overlap for this rotation
+                value = np.inf
+            scores.append((float(value), i))
+            if i % 8 == 0:
+                report(0.5 * (i + 1) / len(grid))
+    report(0.5)
     scores.sort()
     zero = int(np.argmin([np.abs(np.asarray(g)).sum() for g in grid]))  # the start's own orientation
     chosen = [i for _, i in scores[:top_k]]
@@ -266,6 +269,52 @@ def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=No
     info = {"candidates": len(grid), "refined": len(chosen), "coarse_spacing_mm": coarse_mm,
             "best_start_angles_deg": best[2], "best_coarse_metric": best[0], "start_coarse_metric": start[0]}
     return best[1], info
+
+
+def _grid_scores_exhaustive(method, f_c, m_c, start, center, angles, dim, cancelled):
+    """Score every rotation of the search grid in one ITK run; ``[(value, grid index)]`` or None on failure.
+
+    ITK's exhaustive optimiser walks the same grid as :func:`rotation_search` builds (``angles`` about each
+    axis, in the order of ``itertools.product``): the optimised transform is a rotation ``E`` about the start's
+    centre and the start is the moving initial transform, so each point is ``S(E(x)) = R_s R (x - c) + c + t``,
+    the candidate of :func:`rotation_search`. One run instead of one ``MetricEvaluate`` per rotation: the metric's
+    set-up (sampling, histograms, threads) is paid once, which was most of the search's time (125 rotations in 3D).
+    Returns None when any grid point fails (too few samples inside the moving image): the caller then scores the
+    rotations one by one and gives the failing ones an infinite value.
+    """
+    n = len(angles) // 2
+    step = float(angles[1] - angles[0]) if len(angles) > 1 else 0.0
+    if len(angles) != 2 * n + 1 or not np.allclose(angles, step * np.arange(-n, n + 1)):
+        return None
+    e = sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
+    e.SetCenter(tuple(float(v) for v in center))
+    method.SetMovingInitialTransform(start)
+    method.SetInitialTransform(e, inPlace=False)
+    n_angles = 3 if dim == 3 else 1
+    method.SetOptimizerAsExhaustive([n] * n_angles + [0] * dim, stepLength=step)
+    method.SetOptimizerScales([1.0] * (n_angles + dim))
+    seen = {}
+
+    def record():
+        if cancelled():
+            method.StopRegistration()
+            return
+        pos = method.GetOptimizerPosition()[:n_angles]
+        seen[tuple(int(round(a / step)) + n for a in pos)] = float(method.GetMetricValue())
+
+    method.AddCommand(sitk.sitkIterationEvent, record)
+    try:
+        method.Execute(f_c, m_c)
+    except RuntimeError:
+        return None
+    if cancelled():
+        raise RegistrationCancelled()
+    scores = []
+    for i, idx in enumerate(itertools.product(range(2 * n + 1), repeat=n_angles)):
+        if idx not in seen:
+            return None
+        scores.append((seen[idx], i))
+    return scores
 
 
 # ------------------------------------------------------------------------------ axis-aligned orientation search
