@@ -65,7 +65,8 @@ class CrossModalRegLandmarksParameterNode:
     protocolFile: the landmark protocol (JSON); used when a new session is started.
     sessionFolder: where every change is saved (a new folder starts a session, an existing one resumes it).
     annotator, repeat: who annotates, and whether this is a repeat (2) for repeatability.
-    outlierDistanceMm: absolute outlier threshold in mm (0: off); outlierFactor: multiple of the median spread.
+    outlierDistanceMm: absolute outlier threshold in mm (0: off); outlierFactor: k of the rule
+    median + k x 1.4826 x MAD of the leave-one-out distances.
     fleMm: RMS fiducial localisation error for the expected TRE map (0: use the measured FLE).
     """
 
@@ -589,17 +590,22 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         parameterNode.registrationTable = table_node_from_rows(
             slicer.mrmlScene, "Landmark registration", registration_columns(result.units), registration_rows(result),
             node=parameterNode.registrationTable)
-        reference = mrml.image_from_volume_node(parameterNode.fixedVolume) if parameterNode.fixedVolume else None
+        # Unsqueezed: a 2D image stays a one-slice volume, the grid a Slicer transform of it is sampled on.
+        fixedNode, movingNode = parameterNode.fixedVolume, parameterNode.movingVolume
+        reference = mrml.image_from_volume_node(fixedNode, squeeze_2d=False) if fixedNode else None
+        movingImage = mrml.image_from_volume_node(movingNode, squeeze_2d=False) if movingNode else None
         parameterNode.outputTransform = mrml_layer.registration_transform_node(
-            slicer.mrmlScene, result, reference_image=reference, node=parameterNode.outputTransform)
+            slicer.mrmlScene, result, reference_image=reference, moving_image=movingImage,
+            node=parameterNode.outputTransform)
         moving = parameterNode.movingVolume
         if moving:
             moving.SetAndObserveTransformNodeID(parameterNode.outputTransform.GetID())
+            dim = self.session.protocol.dimension
             for (_annotator, image, _repeat), node in self.nodes.items():
                 if image == "moving":
-                    mrml_layer.attach_to_image_transform(node, moving)
+                    mrml_layer.attach_annotation_node(node, moving, dim)
             if "moving" in self.consensus:
-                mrml_layer.attach_to_image_transform(self.consensus["moving"], moving)
+                mrml_layer.attach_annotation_node(self.consensus["moving"], moving, dim)
         self.registration = result
         return result
 

@@ -254,3 +254,53 @@ def test_three_annotators_flag_one_point_leave_one_out_and_a_landmark_with_two_o
     assert {("B", "L09"), ("C", "L09")} <= flagged
     assert np.isfinite(st.consensus[3]).all() and np.isnan(st.consensus[9]).all()
     assert st.max_deviation_annotator[3] == "C"
+
+
+@pytest.mark.parametrize("model", ["affine", "tps"])
+def test_in_slicer_2d_clicks_are_pixels_and_the_landmark_transform_maps_physical_fixed_to_moving(scene, tmp_path,
+                                                                                                  model):
+    """The 2D unit rule end to end in MRML: two JPEGs with different spacings and origins, points clicked where
+    Slicer shows given pixels are saved as those pixels (the node goes under the pixel grid by itself), and the
+    transform made from a pixel registration moves the moving image so that moving pixel T(p) lies on fixed pixel
+    p in RAS (fixed -> moving, transform from parent), also away from the landmarks."""
+    from CrossModalRegLib import mrml
+    from CrossModalRegLib.landmarks import mrml_layer as ml
+    from CrossModalRegLib.landmarks.registration import register_points
+
+    images, volumes = {}, {}
+    for name, dots, origin in (("fixed", 28, (12.0, -7.0)), ("moving", 50, (-3.0, 4.5))):
+        img = sitk.ReadImage(str(_jpeg_with_density(tmp_path / f"{name}.jpg", dots)))
+        img.SetOrigin(origin)
+        images[name], volumes[name] = img, mrml.volume_node_from_image(scene, img, name)
+    session = AnnotationSession.create(str(tmp_path / "s"), _protocol2d(5))
+    fixed_px = np.array([[10.0, 8.0], [70.0, 12.0], [40.0, 50.0], [15.0, 45.0], [60.0, 40.0]])
+    shift = np.array([5.0, -3.0])
+
+    def ras_of(name, pixel):
+        return np.array(images[name].TransformContinuousIndexToPhysicalPoint(tuple(map(float, pixel))) + (0.0,)) \
+            * [-1, -1, 1]
+
+    nodes = {}
+    for name, pts in (("fixed", fixed_px), ("moving", fixed_px + shift)):
+        nodes[name] = ml.create_annotation_node(scene, session, "alice", name, image_volume=volumes[name])
+        recorder = ml.SessionRecorder(session, nodes[name], image_volume=volumes[name])
+        for i, p in enumerate(pts):
+            nodes[name].SetNthControlPointPositionWorld(i, *ras_of(name, p))  # a click on that pixel
+        assert recorder.last_error is None
+        saved = np.array([session.get_point("alice", name, str(i)).position for i in range(len(pts))])
+        np.testing.assert_allclose(saved, pts, atol=1e-9)
+    result = register_points(fixed_px, fixed_px + shift, model=model, units="pixel")
+    tnode = ml.registration_transform_node(
+        scene, result, reference_image=mrml.image_from_volume_node(volumes["fixed"], squeeze_2d=False),
+        moving_image=mrml.image_from_volume_node(volumes["moving"], squeeze_2d=False))
+    from_parent = tnode.GetTransformFromParent()
+    for p in ([30.0, 20.0], [12.0, 30.0], *fixed_px[:2]):
+        got = np.array(from_parent.TransformPoint(*ras_of("fixed", p)))
+        np.testing.assert_allclose(got, ras_of("moving", np.array(p) + shift), atol=1e-3)
+    # Under the transform, the moving landmarks (kept on the moving pixel grid) show on the fixed ones.
+    volumes["moving"].SetAndObserveTransformNodeID(tnode.GetID())
+    ml.attach_annotation_node(nodes["moving"], volumes["moving"], 2)
+    world = [0.0, 0.0, 0.0]
+    nodes["moving"].GetNthControlPointPositionWorld(2, world)
+    np.testing.assert_allclose(world, ras_of("fixed", fixed_px[2]), atol=1e-3)
+    np.testing.assert_allclose(session.get_point("alice", "moving", "2").position, fixed_px[2] + shift, atol=1e-9)

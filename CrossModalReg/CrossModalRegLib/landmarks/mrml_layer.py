@@ -8,9 +8,10 @@ space** (the space of its voxel grid, before any registration transform): an ann
 same parent transform as its image (see :func:`attach_to_image_transform`), so its control points' local
 coordinates are the image's own coordinates whatever transform the image is displayed through, and a point
 clicked on the moving image after a registration is saved where it lies in the moving image, not in the fixed
-(world) frame it is displayed in. For a 2D (pixel) protocol the node holds
-``(x, y, 0)`` pixels as if they were RAS millimetres of an identity-geometry image (conversion only flips the
-sign of x and y, consistently both ways).
+(world) frame it is displayed in. For a 2D (pixel) protocol the node holds a pixel ``(x, y)`` as the local point
+``(-x, -y, 0)`` and sits under the "pixels -> RAS" transform of its image (see :func:`attach_annotation_node` and
+:mod:`.units`): the point shows on pixel ``(x, y)`` of the image whatever its spacing, and a click is saved in
+pixels, the same rule as on the command line.
 """
 
 from __future__ import annotations
@@ -93,8 +94,32 @@ def create_annotation_node(scene, session: AnnotationSession, annotator: str, im
         node.EndModify(was)
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
-    attach_to_image_transform(node, image_volume)
+    attach_annotation_node(node, image_volume, protocol.dimension)
     return node
+
+
+def attach_annotation_node(node, volume_node, dimension: int) -> bool:
+    """Put an annotation (or consensus) node where its points are the image's own coordinates; True if it moved.
+
+    The one rule for both dimensions (see :mod:`.units` for the 2D unit rule):
+
+    * 3D (LPS mm): the node goes under the same parent transform as ``volume_node``
+      (:func:`attach_to_image_transform`);
+    * 2D (pixels): the node goes under the "pixels of ``volume_node`` -> RAS" transform
+      (:func:`.units.attach_to_pixel_grid`), itself under the volume's parent transform, so a click on pixel
+      ``(x, y)`` of an image loaded with any spacing is saved as ``(x, y)``, as in an ANHIR file.
+
+    ``volume_node`` None: nothing to follow (False; a 2D node then keeps pixels as RAS mm of an identity image).
+    """
+    if volume_node is None or node is None:
+        return False
+    if int(dimension) == 3:
+        return attach_to_image_transform(node, volume_node)
+    from .units import attach_to_pixel_grid
+
+    before = node.GetTransformNodeID()
+    tnode = attach_to_pixel_grid(node.GetScene(), node, volume_node)
+    return tnode is not None and before != tnode.GetID()
 
 
 def attach_to_image_transform(node, volume_node) -> bool:
@@ -166,7 +191,7 @@ class SessionRecorder:
         self.image_volume = image_volume
         self.on_change = on_change
         self.on_error = on_error
-        attach_to_image_transform(node, image_volume)
+        attach_annotation_node(node, image_volume, session.protocol.dimension)
         self._observers = [(node, node.AddObserver(getattr(node, e), self._on_event)) for e in self.EVENTS]
         self._observers.append((node, node.AddObserver(node.PointStartInteractionEvent, self._on_start_interaction)))
         self._observers.append((node, node.AddObserver(node.PointEndInteractionEvent, self._on_end_interaction)))
@@ -178,7 +203,7 @@ class SessionRecorder:
         self.sync()
 
     def _on_image_transform(self, caller, event):
-        attach_to_image_transform(self.node, self.image_volume)
+        attach_annotation_node(self.node, self.image_volume, self.session.protocol.dimension)
 
     def _on_start_interaction(self, caller, event):
         # While the user drags a point, its position changes many times a second: save once, when released.
@@ -368,7 +393,8 @@ def consensus_nodes(scene, session_stats, *, name_prefix: str = "Consensus", vol
     for image, st in session_stats.per_image.items():
         ok = np.all(np.isfinite(st.consensus), axis=1)
         pts = st.consensus[ok]
-        if pts.shape[1] == 2:
+        dim = pts.shape[1]
+        if dim == 2:
             pts = np.column_stack([pts, np.zeros(len(pts))])
         labels = [lab for lab, k in zip(st.labels, ok) if k]
         tag = f"{folder}|{image}"
@@ -376,7 +402,7 @@ def consensus_nodes(scene, session_stats, *, name_prefix: str = "Consensus", vol
         node = mrml.markups_node_from_points(scene, pts, labels, f"{name_prefix} {image}", locked=True,
                                              node=existing)
         node.SetAttribute(CONSENSUS_ATTRIBUTE, tag)
-        attach_to_image_transform(node, volumes.get(image))
+        attach_annotation_node(node, volumes.get(image), dim)
         out[image] = node
     return out
 
@@ -393,15 +419,29 @@ def registration_table(scene, result, *, name: str = "Landmark registration"):
     return table_node_from_rows(scene, name, registration_columns(result.units), registration_rows(result))
 
 
-def registration_transform_node(scene, result, *, name: str | None = None, reference_image=None, node=None):
+def registration_transform_node(scene, result, *, name: str | None = None, reference_image=None, node=None,
+                                moving_image=None):
     """A transform node whose transform FROM parent maps fixed RAS points to moving RAS points.
 
     Linear models are set as a matrix; a thin-plate spline is sampled as a displacement field on
     ``reference_image`` (a SimpleITK image of the fixed space, LPS), which is then required. ``node`` (a
     ``vtkMRMLTransformNode`` chosen by the user, or made by an earlier run) is updated in place; otherwise a new
     node is added.
+
+    A 2D registration (``result.units`` pixels) maps fixed pixels to moving pixels: it is turned into the physical
+    transform between the two images (:func:`.units.physical_transform_from_pixel_registration`), which needs
+    ``reference_image`` (the fixed image) and ``moving_image`` (the moving image, its own geometry, as read from
+    its volume node).
     """
-    if result.transform_fixed_to_moving is not None:
+    if result.units == "pixel":
+        from .units import image_geometry, physical_transform_from_pixel_registration
+
+        if reference_image is None or moving_image is None:
+            raise CrossModalRegError("a 2D (pixel) landmark registration needs the fixed and moving volumes to "
+                                     "make its transform; select both volumes")
+        tx = physical_transform_from_pixel_registration(result, image_geometry(reference_image),
+                                                        image_geometry(moving_image), reference_image)
+    elif result.transform_fixed_to_moving is not None:
         tx = result.transform_fixed_to_moving
     else:
         if reference_image is None:

@@ -159,11 +159,73 @@ def attach_to_pixel_grid(scene, markups_node, volume_node, *, name: str | None =
     if tnode is None:
         tnode = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
         tnode.SetAttribute(attr, volume_node.GetID())
-    vm = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            vm.SetElement(r, c, float(out[r, c]))
-    tnode.SetMatrixTransformToParent(vm)
-    tnode.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
-    markups_node.SetAndObserveTransformNodeID(tnode.GetID())
+    # Change only what differs: the recorder re-attaches on every transform event, so an unchanged call must not
+    # fire another one.
+    have = vtk.vtkMatrix4x4()
+    tnode.GetMatrixTransformToParent(have)
+    if not np.allclose([[have.GetElement(r, c) for c in range(4)] for r in range(4)], out, rtol=0, atol=1e-12):
+        vm = vtk.vtkMatrix4x4()
+        for r in range(4):
+            for c in range(4):
+                vm.SetElement(r, c, float(out[r, c]))
+        tnode.SetMatrixTransformToParent(vm)
+    if tnode.GetTransformNodeID() != volume_node.GetTransformNodeID():
+        tnode.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    if markups_node.GetTransformNodeID() != tnode.GetID():
+        markups_node.SetAndObserveTransformNodeID(tnode.GetID())
     return tnode
+
+
+def _pixel_to_lps_homogeneous(geometry: dict) -> np.ndarray:
+    """3x3 homogeneous matrix: 2D pixel index -> 2D physical LPS mm of the image (``origin + D S index``)."""
+    a, origin = _matrices(geometry)
+    h = np.eye(3)
+    h[:2, :2], h[:2, 2] = a, origin
+    return h
+
+
+def physical_transform_from_pixel_registration(result, fixed_geometry: dict, moving_geometry: dict,
+                                               reference_image=None):
+    """The 3D LPS transform, FIXED -> MOVING physical points, that does what a 2D pixel registration does.
+
+    A 2D session's registration (:func:`register_points` on pixels) maps fixed *pixels* to moving *pixels*. The
+    moving volume in Slicer needs a transform between physical points: ``P_m o T_pixels o P_f^-1``, with ``P`` an
+    image's pixel -> LPS mapping (its own origin, spacing and direction, :func:`image_geometry`). The third axis
+    (the slice normal) is left unchanged. Linear models give an exact affine; a thin-plate spline is sampled as a
+    displacement field on ``reference_image`` (the fixed image as SimpleITK reads it from its volume node, LPS),
+    which is then required.
+    """
+    import SimpleITK as sitk
+
+    for g in (fixed_geometry, moving_geometry):
+        if int(g["dimension"]) != 2:
+            raise CrossModalRegError("a pixel registration applies to 2D images only; got a "
+                                     f"{g['dimension']}D image ({g.get('path') or 'in the scene'})")
+    pf, pm = _pixel_to_lps_homogeneous(fixed_geometry), _pixel_to_lps_homogeneous(moving_geometry)
+    if result.matrix_fixed_to_moving is not None:
+        h2 = pm @ np.asarray(result.matrix_fixed_to_moving, dtype=float) @ np.linalg.inv(pf)
+        h3 = np.eye(4)
+        h3[:2, :2], h3[:2, 3] = h2[:2, :2], h2[:2, 2]
+        tx = sitk.AffineTransform(3)
+        tx.SetMatrix(tuple(h3[:3, :3].ravel()))
+        tx.SetTranslation(tuple(h3[:3, 3]))
+        return tx
+    if reference_image is None:
+        raise CrossModalRegError("a thin-plate spline transform node needs the fixed image as reference grid")
+    ref = reference_image
+    if ref.GetDimension() != 3:
+        raise CrossModalRegError("the reference grid of a 2D thin-plate spline must be the fixed volume (3D, one "
+                                 "slice) as read from its node")
+    size = ref.GetSize()
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in size], indexing="ij"), axis=-1).reshape(-1, 3)
+    a = np.asarray(ref.GetDirection()).reshape(3, 3) @ np.diag(ref.GetSpacing())
+    x = idx @ a.T + np.asarray(ref.GetOrigin())
+    pix = (np.linalg.inv(pf) @ np.column_stack([x[:, :2], np.ones(len(x))]).T).T[:, :2]
+    y = (pm @ np.column_stack([result.map_fixed_to_moving(pix), np.ones(len(x))]).T).T[:, :2]
+    disp = np.zeros((len(x), 3))
+    disp[:, :2] = y - x[:, :2]
+    # numpy order of a SimpleITK vector image is (z, y, x, component); idx runs x-major (ij indexing).
+    field = disp.reshape(*size, 3).transpose(2, 1, 0, 3)
+    img = sitk.GetImageFromArray(field, isVector=True)
+    img.CopyInformation(ref)
+    return sitk.DisplacementFieldTransform(sitk.Cast(img, sitk.sitkVectorFloat64))
