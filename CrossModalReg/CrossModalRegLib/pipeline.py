@@ -146,6 +146,14 @@ def landmark_check(transform, fixed_landmarks, moving_landmarks, *, evaluation_o
                           "tolerance_mm": tol, "used_for_initialization": not evaluation_only})
 
 
+def _input_name(input_files: dict | None, role: str, names: dict | None = None) -> str:
+    """What the pictures and the report call the fixed/moving image: a given name, else the file's name."""
+    if names and names.get(role):
+        return str(names[role])
+    path = (input_files or {}).get(role)
+    return os.path.basename(path) if path else role
+
+
 def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str, *, preset="multimodal-rigid",
                          fixed_mask=None, moving_mask=None, fixed_landmarks=None, moving_landmarks=None,
                          landmark_labels=None, initial_transform=None, seed: int = engine.DEFAULT_SEED,
@@ -153,7 +161,7 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
                          overwrite: bool = False,
                          input_files: dict | None = None, extra_provenance: dict | None = None,
                          use_landmarks_for_initialization: bool = True, strict: bool = True, pictures: bool = True,
-                         threads: int | None = 1):
+                         threads: int | None = 1, image_names: dict | None = None):
     """Register and write the complete output folder atomically; return (result, output_dir)."""
     from .headless import HeadlessSlicer
     from .mrml import (
@@ -162,7 +170,8 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
         set_volume_references,
         volume_node_from_image,
     )
-    from .overlay import slice_views, stack_rows, write_png
+    from .overlay import write_png
+    from .qc_pictures import figures, render_qc
     from .scene_io import save_scene
     from .scene_registration import METRIC_TRACE_COLUMNS, _embed_3d
 
@@ -226,22 +235,17 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
             scene = app.scene
             fixed_node = volume_node_from_image(scene, fixed, "fixed")
             moving_node = volume_node_from_image(scene, moving, "moving")
-            if pictures:
-                warm = "vtkMRMLPETProceduralColorNodePET-Heat"
-                before = slice_views(scene, fixed_node, moving_node, app_logic=app.app_logic,
-                                     moving_color_node_id=warm)
             tnode = scene.AddNewNodeByClass("vtkMRMLTransformNode", "moving_to_fixed (CrossModalReg)")
             set_transform_fixed_to_moving(tnode, _embed_3d(tx))
             set_volume_references(tnode, fixed_node, moving_node)
             moving_node.SetAndObserveTransformNodeID(tnode.GetID())
             if pictures:
-                after = slice_views(scene, fixed_node, moving_node, app_logic=app.app_logic,
-                                    moving_color_node_id=warm)
-                checker = slice_views(scene, fixed_node, moving_node, app_logic=app.app_logic, checkerboard=8)
-                write_png(before, os.path.join(tmp, "overlay_before.png"))
-                write_png(after, os.path.join(tmp, "overlay_after.png"))
-                write_png(checker, os.path.join(tmp, "checkerboard_after.png"))
-                write_png(stack_rows([before, after]), os.path.join(tmp, "overlay_before_after.png"))
+                qc = render_qc(scene, app.app_logic, fixed, fixed_node, moving_node, tnode, tx,
+                               fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
+                               fixed_name=_input_name(input_files, "fixed", image_names),
+                               moving_name=_input_name(input_files, "moving", image_names))
+                for name, rgb in figures(qc).items():
+                    write_png(rgb, os.path.join(tmp, name))
             if fixed_landmarks is not None:
                 markups_node_from_points(scene, fixed_landmarks, landmark_labels or range(len(fixed_landmarks)),
                                          "fixed_landmarks")

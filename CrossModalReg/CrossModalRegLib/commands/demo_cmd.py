@@ -76,6 +76,7 @@ def run(args) -> int:
                 fixed, moving, case_dir, preset=preset, progress=TerminalProgress(enabled=not args.no_progress),
                 fixed_landmarks=fixed_pts, moving_landmarks=transform_points(truth, fixed_pts),
                 landmark_labels=labels, use_landmarks_for_initialization=False,
+                image_names={"fixed": "MR-T1 phantom", "moving": f"{modality.upper()} phantom"},
                 extra_provenance={"ground_truth_fixed_to_moving_lps": {
                     "type": truth.GetName(), "parameters": list(truth.GetParameters()),
                     "fixed_parameters": list(truth.GetFixedParameters())}},
