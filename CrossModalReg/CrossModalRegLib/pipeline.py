@@ -146,6 +146,11 @@ def landmark_check(transform, fixed_landmarks, moving_landmarks, *, evaluation_o
                           "tolerance_mm": tol, "used_for_initialization": not evaluation_only})
 
 
+FINAL_METRIC_NOTE = ("initial_metric and final_metric are the first stage's metric at full resolution on smoothed "
+                     "images and one fixed sample set, before and after; the metric_trace values are per resolution "
+                     "level (own resolution and samples) and are not comparable with them or across levels")
+
+
 def _input_name(input_files: dict | None, role: str, names: dict | None = None) -> str:
     """What the pictures and the report call the fixed/moving image: a given name, else the file's name."""
     if names and names.get(role):
@@ -172,6 +177,7 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
     )
     from .overlay import write_png
     from .qc_pictures import figures, render_qc
+    from .report_html import write_report
     from .scene_io import save_scene
     from .scene_registration import METRIC_TRACE_COLUMNS, _embed_3d
 
@@ -224,10 +230,13 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
         if extra_provenance:
             provenance.update(extra_provenance)
         provenance["metric_trace"] = rows
+        provenance["image_names"] = {role: _input_name(input_files, role, image_names) for role in ("fixed", "moving")}
+        provenance["final_metric_note"] = FINAL_METRIC_NOTE
         provenance["outputs"] = {
             "transform.h5": "ITK transform, maps FIXED-space points to MOVING-space points, LPS mm",
             "moving_resampled.nii.gz": "moving image resampled onto the fixed grid through transform.h5",
             "scene/registration.mrml": "Slicer scene: moving volume under the transform node",
+            "report.html": "one self-contained page: verdict, QC pictures, metric plot, checks, landmarks, provenance",
         }
 
         # The scene (real MRML): fixed, moving under the transform, landmarks; pictures from Slicer's compositing.
@@ -246,6 +255,7 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
                                moving_name=_input_name(input_files, "moving", image_names))
                 for name, rgb in figures(qc).items():
                     write_png(rgb, os.path.join(tmp, name))
+                provenance["qc_pictures"] = qc.summary()
             if fixed_landmarks is not None:
                 markups_node_from_points(scene, fixed_landmarks, landmark_labels or range(len(fixed_landmarks)),
                                          "fixed_landmarks")
@@ -253,6 +263,7 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
                                                  landmark_labels or range(len(moving_landmarks)), "moving_landmarks")
                 mnode.SetAndObserveTransformNodeID(tnode.GetID())
             save_scene(scene, os.path.join(tmp, "scene", "registration.mrml"))
+        write_report(os.path.join(tmp, "report.html"), provenance)
         write_json_atomic(os.path.join(tmp, "registration.json"), provenance)
         commit_output_dir(tmp, output_dir)
         return result, os.path.abspath(output_dir)

@@ -321,6 +321,14 @@ class QcPictures:
     legend: str
     roi: Roi
 
+    def summary(self) -> dict:
+        """What registration.json records about the pictures."""
+        g = self.geometry
+        return {"legend": self.legend, "roi_source": self.roi.source,
+                "roi_center_ras_mm": [round(float(v), 2) for v in self.roi.center_ras],
+                "field_of_view_mm": round(g[0].fov_mm, 1), "pixels_per_mm": round(g[0].px_per_mm, 2),
+                "checkerboard_tile_mm": round(g[0].tile_px / g[0].px_per_mm, 1), "views": [v.name for v in g]}
+
 
 def landmark_targets_in_fixed(transform, fixed_lps, moving_lps):
     """Where each moving landmark lies in fixed space (LPS) through ``transform`` (fixed -> moving): the exact
