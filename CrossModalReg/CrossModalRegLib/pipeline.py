@@ -61,6 +61,13 @@ def pair_by_label(fixed_labels, fixed_pts, moving_labels, moving_pts, *, truncat
     return fixed, moving, labels
 
 
+def stage_message(p) -> str:
+    """The progress message, prefixed with "stage i/n" when the preset has more than one stage."""
+    if p.n_stages and p.n_stages > 1 and p.stage:
+        return f"stage {p.stage_index + 1}/{p.n_stages} {p.message}"
+    return p.message
+
+
 class TerminalProgress:
     """A one-line progress bar on a terminal (stderr); plain periodic lines when not a terminal."""
 
@@ -69,22 +76,25 @@ class TerminalProgress:
         self.enabled = enabled
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.last = -1.0
+        self.stage = None
         self.t0 = time.perf_counter()
 
     def __call__(self, p):
         if not self.enabled:
             return
         pct = 100.0 * p.fraction
+        message = stage_message(p)
         if self.tty:
             bar = "#" * int(pct / 4)
             metric = f" metric {p.metric:.5g}" if p.metric is not None else ""
-            self.stream.write(f"\r[{bar:<25}] {pct:5.1f}% {p.message:<28}{metric:<22}")
+            self.stream.write(f"\r[{bar:<25}] {pct:5.1f}% {message:<40}{metric:<22}")
             if p.fraction >= 1.0:
                 self.stream.write("\n")
             self.stream.flush()
-        elif pct - self.last >= 10.0 or p.fraction >= 1.0:
+        elif pct - self.last >= 10.0 or p.fraction >= 1.0 or (p.n_stages > 1 and p.stage_index != self.stage):
             self.last = pct
-            self.stream.write(f"{pct:5.1f}% {p.message} ({time.perf_counter() - self.t0:.1f} s)\n")
+            self.stage = p.stage_index if p.n_stages > 1 else self.stage
+            self.stream.write(f"{pct:5.1f}% {message} ({time.perf_counter() - self.t0:.1f} s)\n")
             self.stream.flush()
 
 

@@ -85,7 +85,7 @@ def svg_trace(rows: list[dict], width: int = 900, height: int = 260) -> str:
         return pl + pw * i / (n - 1), pt + ph * (hi - v) / (hi - lo)
 
     pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in enumerate(values)))
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+    out = [f'<svg width="{width}" height="{height}" role="img" '
            'aria-label="metric per iteration">',
            f'<rect x="{pl}" y="{pt}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#999"/>']
     for k, (a, _b, label) in enumerate(level_segments(rows)):

@@ -83,7 +83,7 @@ def svg_histogram(values, title: str, unit: str = "", *, bins: int = 12, width: 
     pad_l, pad_b, pad_t = 28, 30, 6
     pw, ph = width - pad_l - 6, height - pad_b - pad_t
     bw = pw / bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+    parts = [f'<svg width="{width}" height="{height}" role="img" '
              f'aria-label="{esc(title)}">']
     for i, c in enumerate(counts):
         h = ph * c / top
