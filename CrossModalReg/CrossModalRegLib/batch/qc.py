@@ -34,6 +34,11 @@ QC_COLUMNS = [
            "input (missing or unreadable file, bad landmarks), no_overlap, sanity (post-run checks failed), error, "
            "worker_died", "string"),
     Column("failure_reason", "Failure reason", "", "what went wrong, naming the file or check", "string"),
+    Column("verdict", "Verdict", "",
+           "failed, review (flagged: see review_reason), incomplete (not flagged, but an acceptance criterion could "
+           "not be evaluated: see verdict_reason), pass (every check ran and passed), checks passed (no profile)",
+           "string"),
+    Column("verdict_reason", "Verdict reason", "", "why the verdict is not pass", "string"),
     Column("needs_review", "Needs review", "", "true when a person should look at this case", "bool"),
     Column("review_reason", "Review reason", "", "every reason that applies, separated by '; '", "string"),
     Column("dimension", "Dimension", "", "2 or 3", "int"),
@@ -136,7 +141,22 @@ def flag_cases(records: list[dict]) -> list[dict]:
         rs = reasons[id(r)]
         r["needs_review"] = bool(rs)
         r["review_reason"] = "; ".join(rs)
+        r["verdict"], r["verdict_reason"] = case_verdict(r)
     return out
+
+
+def case_verdict(r: dict) -> tuple[str, str]:
+    """(verdict, reason) of one flagged record: failed, review, incomplete, pass, or 'checks passed' (no profile)."""
+    if r.get("status") != STATUS_OK:
+        return "failed", r.get("review_reason", "")
+    if r.get("needs_review"):
+        return "review", r.get("review_reason", "")
+    if r.get("profile_verdict") == "incomplete":
+        missing = "; ".join(r.get("profile_not_evaluated") or []) or "a criterion was not evaluated"
+        return "incomplete", f"acceptance profile {r.get('profile') or ''} incomplete: not evaluated {missing}"
+    if r.get("profile_verdict") == "pass":
+        return "pass", ""
+    return "checks passed", "no acceptance profile given (--profile): only the post-run sanity checks judged it"
 
 
 def qc_rows(flagged: list[dict]) -> list[dict]:
