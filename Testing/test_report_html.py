@@ -6,6 +6,7 @@ the browser test skips with a reason when chromium is absent; with ``CI=true`` i
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -140,16 +141,23 @@ def registered_3d(shared_data, tmp_path_factory):
     write_landmarks_csv(str(d / "fixed.csv"), labels, pts)
     write_landmarks_csv(str(d / "moving.csv"), labels, [truth.TransformPoint(tuple(p)) for p in pts])
     out = d / "out"
-    code = cli.main(["register", "--fixed", str(d / "fixed.nii.gz"), "--moving", str(d / "moving.nii.gz"),
-                     "--preset", "mr-t1-t2-rigid", "--fixed-landmarks", str(d / "fixed.csv"),
-                     "--moving-landmarks", str(d / "moving.csv"), "--landmarks-for", "evaluation",
-                     "--no-orientation-search", "--output-dir", str(out), "--no-progress"])
+    terminal = io.StringIO()
+    with contextlib.redirect_stdout(terminal):
+        code = cli.main(["register", "--fixed", str(d / "fixed.nii.gz"), "--moving", str(d / "moving.nii.gz"),
+                         "--preset", "mr-t1-t2-rigid", "--fixed-landmarks", str(d / "fixed.csv"),
+                         "--moving-landmarks", str(d / "moving.csv"), "--landmarks-for", "evaluation",
+                         "--no-orientation-search", "--output-dir", str(out), "--no-progress"])
     assert code == 0
+    (d / "terminal.txt").write_text(terminal.getvalue())
     return out
 
 
-def test_register_writes_a_report_and_a_tsv_with_rounded_numbers(registered_3d, capsys):
+def test_register_writes_a_report_and_a_tsv_with_rounded_numbers(registered_3d):
     out = registered_3d
+    terminal = (out.parent / "terminal.txt").read_text()
+    assert re.search(r"landmarks \(evaluation, 7 pairs\): mean distance \d+\.\d\d mm before -> \d\.\d\d mm after",
+                     terminal), terminal
+    assert f"report: {out / 'report.html'}" in terminal
     page = (out / "report.html").read_text()
     prov = json.loads((out / "registration.json").read_text())
     assert "Sanity checks passed" in page and "not comparable across levels" in page
@@ -165,6 +173,17 @@ def test_register_writes_a_report_and_a_tsv_with_rounded_numbers(registered_3d, 
         assert idx.isdigit() and level.isdigit() and it.isdigit()
         assert len(metric.lstrip("-").replace(".", "").lstrip("0")) <= 6, metric
     assert "final_metric_note" in prov and prov["qc_pictures"]["pixels_per_mm"] >= 2.0
+
+
+def test_validate_links_the_registration_report(registered_3d, tmp_path, capsys):
+    d = registered_3d.parent
+    code = cli.main(["validate", "--fixed", str(d / "fixed.nii.gz"), "--moving", str(d / "moving.nii.gz"),
+                     "--transform", str(registered_3d / "transform.h5"), "--output-dir", str(tmp_path / "v")])
+    assert code == 0
+    report = str(registered_3d / "report.html")
+    assert f"registration report (pictures, checks): {report}" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert summary["provenance"]["registration_report"] == report
 
 
 def _chromium() -> str | None:
