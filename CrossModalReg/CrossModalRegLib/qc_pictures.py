@@ -55,15 +55,16 @@ class ViewGeometry:
     """One view's field of view, shared by the before and after pictures."""
 
     name: str
-    size: int
-    fov_mm: float
+    width: int
+    height: int
+    fov_mm: float  # across (the panel's width); the height covers height / px_per_mm
     center_ras: np.ndarray
     tile_px: int
     xy_to_ras: np.ndarray = field(default=None)
 
     @property
     def px_per_mm(self) -> float:
-        return self.size / self.fov_mm
+        return self.width / self.fov_mm
 
 
 def _ras(points_lps) -> np.ndarray:
@@ -111,14 +112,20 @@ def foreground_roi(fixed: sitk.Image, landmarks_lps=None) -> Roi:
     return Roi(center, np.maximum(extent, 1e-3), source)
 
 
-def view_geometry(name: str, roi: Roi) -> ViewGeometry:
-    """Square field of view around the ROI, 10 % margin, at least 2 px/mm (within 384-900 px)."""
+def view_geometry(name: str, roi: Roi, *, square: bool = True) -> ViewGeometry:
+    """Field of view around the ROI with a 10 % margin, at 2 px/mm or more (longest side 384-900 px).
+
+    ``square`` (3D): every view covers the ROI's largest extent, so the three views share one scale; otherwise
+    (2D) the panel has the in-plane shape of the foreground.
+    """
     in_plane = {"Axial": (0, 1), "Coronal": (0, 2), "Sagittal": (1, 2)}[name]
-    span = float(max(roi.extent_ras[i] for i in in_plane))
-    fov = 1.1 * float(max(roi.extent_ras))
-    size = int(min(MAX_SIZE, max(MIN_SIZE, math.ceil(MIN_PX_PER_MM * fov))))
-    tile_px = max(4, int(round(span / TILES_ACROSS * size / fov)))
-    return ViewGeometry(name, size, fov, np.array(roi.center_ras, float), tile_px)
+    ext = [float(roi.extent_ras[i]) for i in in_plane]
+    fov = [1.1 * float(max(roi.extent_ras))] * 2 if square else [1.1 * e for e in ext]
+    scale = max(MIN_PX_PER_MM, MIN_SIZE / max(fov))
+    scale = min(scale, MAX_SIZE / max(fov))
+    width, height = (max(16, int(math.ceil(f * scale))) for f in fov)
+    tile_px = max(4, int(round(max(ext) / TILES_ACROSS * scale)))
+    return ViewGeometry(name, width, height, width / scale, np.array(roi.center_ras, float), tile_px)
 
 
 class SliceRenderer:
@@ -142,8 +149,8 @@ class SliceRenderer:
         composite.SetForegroundVolumeID(self.moving_node.GetID())
         composite.SetForegroundOpacity(1.0)
         slice_node.SetOrientation(geom.name)
-        slice_node.SetDimensions(geom.size, geom.size, 1)
-        slice_node.SetFieldOfView(geom.fov_mm, geom.fov_mm, 1.0)
+        slice_node.SetDimensions(geom.width, geom.height, 1)
+        slice_node.SetFieldOfView(geom.fov_mm, geom.height / geom.px_per_mm, 1.0)
         slice_node.JumpSliceByCentering(*[float(v) for v in geom.center_ras])
         slice_node.UpdateMatrices()
         m = slice_node.GetXYToRAS()
@@ -199,7 +206,7 @@ def project(geom: ViewGeometry, points_ras) -> tuple[np.ndarray, np.ndarray]:
     xy = (inv @ p.T).T
     normal = geom.xy_to_ras[:3, 2] / max(np.linalg.norm(geom.xy_to_ras[:3, 2]), 1e-12)
     dist = (np.asarray(points_ras, float) - geom.center_ras) @ normal
-    return np.stack([xy[:, 0], geom.size - 1 - xy[:, 1]], axis=1), dist
+    return np.stack([xy[:, 0], geom.height - 1 - xy[:, 1]], axis=1), dist
 
 
 # ---------------------------------------------------------------- drawing (numpy + VTK FreeType text)
@@ -285,16 +292,16 @@ def label_panel(rgb: np.ndarray, geom: ViewGeometry, title: str) -> np.ndarray:
     """Panel with a title bar (view, slice position, before/after), edge letters and a 10 mm scale bar."""
     out = rgb.copy()
     letters = edge_letters(geom)
-    s, fs = geom.size, 16
-    draw_text(out, letters["left"], 3, s // 2, size=fs, anchor="w")
-    draw_text(out, letters["right"], s - 3, s // 2, size=fs, anchor="e")
-    draw_text(out, letters["top"], s // 2, 2, size=fs, anchor="n")
-    draw_text(out, letters["bottom"], s // 2, s - 2, size=fs, anchor="s")
+    w, h, fs = geom.width, geom.height, 16
+    draw_text(out, letters["left"], 3, h // 2, size=fs, anchor="w")
+    draw_text(out, letters["right"], w - 3, h // 2, size=fs, anchor="e")
+    draw_text(out, letters["top"], w // 2, 2, size=fs, anchor="n")
+    draw_text(out, letters["bottom"], w // 2, h - 2, size=fs, anchor="s")
     bar = 10.0 * geom.px_per_mm
-    y = s - 12
+    y = h - 12
     draw_line(out, (8, y), (8 + bar, y), (255, 255, 255), width=3)
     draw_text(out, "10 mm", int(10 + bar), y, size=12, anchor="w")
-    head = np.zeros((26, s, 3), np.uint8)
+    head = np.zeros((26, w, 3), np.uint8)
     draw_text(head, f"{title} | {geom.name} {slice_position_text(geom)}", 4, 13, size=15, anchor="w", box=False)
     return np.concatenate([head, out], axis=0)
 
@@ -371,7 +378,7 @@ def render_qc(scene, app_logic, fixed: sitk.Image, fixed_node, moving_node, tran
     """
     roi = foreground_roi(fixed, fixed_landmarks)
     views = ("Axial",) if fixed.GetDimension() == 2 else VIEWS_3D
-    geoms = [view_geometry(v, roi) for v in views]
+    geoms = [view_geometry(v, roi, square=fixed.GetDimension() == 3) for v in views]
     display = moving_node.GetDisplayNode()
     old_color = display.GetColorNodeID() if display is not None else None
     if old_color is not None:
@@ -392,7 +399,7 @@ def render_qc(scene, app_logic, fixed: sitk.Image, fixed_node, moving_node, tran
         if old_color is not None:
             display.SetAndObserveColorNodeID(old_color)
     tile_mm = geoms[0].tile_px / geoms[0].px_per_mm
-    legend = (f"Contour: moving ({moving_name}) in grey, fixed ({fixed_name}) edges in red; black = no moving data. "
+    legend = (f"Contour: moving ({moving_name}) in grey (colour images in their own colours), fixed ({fixed_name}) edges in red; black = no moving data. "
               f"Checkerboard: fixed / moving tiles of {tile_mm:.0f} mm, fixed shown where the moving has no data. "
               + ("Landmarks (projected on each view): cyan dot = fixed, yellow line = error to the moving one. "
                  if have_lm else "")

@@ -8,6 +8,7 @@ registers each with its preset and prints the target registration error against 
 from __future__ import annotations
 
 import os
+import shlex
 import time
 
 import numpy as np
@@ -32,6 +33,13 @@ CASES = [
     ("pet_to_mr", "pet", "mr-pet-rigid", (3.0, 3.0, 3.0)),
     ("t2_to_mr", "t2", "mr-t1-t2-rigid", (1.2, 1.0, 3.5)),
 ]
+
+
+def _repeat_command(args, name: str) -> str:
+    """The command that makes this demo again (all three pairs; ``name`` is the one this folder holds)."""
+    return shlex.join(["crossmodalreg", "demo", "--output-dir", os.path.abspath(args.output_dir) + "-repeat",
+                       "--seed", str(args.seed), "--max-angle", f"{args.max_angle:g}",
+                       "--max-translation", f"{args.max_translation:g}"]) + f"   # all three pairs; this is {name}"
 
 
 def run(args) -> int:
@@ -77,7 +85,7 @@ def run(args) -> int:
                 fixed_landmarks=fixed_pts, moving_landmarks=transform_points(truth, fixed_pts),
                 landmark_labels=labels, use_landmarks_for_initialization=False,
                 image_names={"fixed": "MR-T1 phantom", "moving": f"{modality.upper()} phantom"},
-                extra_provenance={"ground_truth_fixed_to_moving_lps": {
+                extra_provenance={"command": _repeat_command(args, name), "ground_truth_fixed_to_moving_lps": {
                     "type": truth.GetName(), "parameters": list(truth.GetParameters()),
                     "fixed_parameters": list(truth.GetFixedParameters())}},
             )
