@@ -5,8 +5,8 @@ Used by ``crossmodalreg register``, ``crossmodalreg demo`` and the cohort batch.
 * ``transform.h5``: ITK transform mapping FIXED-space points to MOVING-space points (LPS), readable by SimpleITK
   (``sitk.ReadTransform``) and by Slicer (it loads as the transform the moving volume goes under);
 * ``moving_resampled.nii.gz``: the moving image on the fixed grid;
-* ``overlay_before.png`` / ``overlay_after.png`` / ``checkerboard_after.png``: Slicer slice compositing of fixed
-  (background) and moving (foreground), before and after;
+* ``overlay_before_after.png`` (+ the before/after rows alone): labelled QC views resliced by Slicer's slice
+  logic (``qc_pictures``), and ``report.html``, the one page that shows them with the checks (``report_html``);
 * ``registration.json``: provenance (versions, preset and hash, parameters, seed, input checksums, timings),
   the sanity checks and the metric trace; ``metric_trace.tsv`` (+ schema);
 * ``scene/registration.mrml`` with its node files: opens in Slicer with the moving volume under the transform.
