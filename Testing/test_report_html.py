@@ -186,6 +186,22 @@ def test_validate_links_the_registration_report(registered_3d, tmp_path, capsys)
     assert summary["provenance"]["registration_report"] == report
 
 
+def test_a_failed_run_report_says_so_first_with_the_failing_check():
+    from CrossModalRegLib.report_html import write_report
+
+    prov = {"initial_metric": -0.5, "final_metric": -0.4, "metric_trace": [],
+            "sanity": {"passed": False, "checks": [
+                {"name": "metric_improved", "passed": False, "value": -0.4, "limit": "<= start -0.5",
+                 "message": "the metric got worse: -0.5 -> -0.4"},
+                {"name": "overlap", "passed": True, "value": 0.99, "limit": ">= 0.05", "message": "ok"}]}}
+    with tempfile.TemporaryDirectory() as d:
+        page = open(write_report(os.path.join(d, "report.html"), prov), encoding="utf-8").read()
+    head = page[page.index("<body>"):page.index("<h2>")]
+    assert "FAILED post-run checks: the metric got worse: -0.5 -&gt; -0.4" in head
+    assert "<tr class='bad'><td>metric_improved</td><td>FAIL</td><td>-0.4</td><td>&lt;= start -0.5</td>" in page
+    assert "was not made" in page and "No landmarks were given" in page and "No metric trace recorded" in page
+
+
 def _chromium() -> str | None:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:

@@ -52,7 +52,7 @@ def thumbnail_data_uri(png_path: str, width: int = THUMB_WIDTH) -> str | None:
         factor = max(1, int(math.ceil(img.GetSize()[0] / float(width))))
         data = None
         if factor > 1:
-            small = sitk.Shrink(img, [factor] * img.GetDimension())
+            small = sitk.BinShrink(img, [factor] * img.GetDimension())  # averages: thin contour lines survive
             with tempfile.TemporaryDirectory() as tmp:
                 p = os.path.join(tmp, "thumb.png")
                 sitk.WriteImage(small, p)
