@@ -17,6 +17,7 @@ A case ``needs_review`` when any of these holds (``review_reason`` lists all tha
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from ..tables import Column, write_tsv
 from .case import STATUS_OK
@@ -169,5 +170,7 @@ def qc_rows(flagged: list[dict]) -> list[dict]:
 
 
 def write_qc_table(path: str, flagged: list[dict]) -> str:
-    """The cohort TSV (one row per case) with its Slicer ``.schema.tsv`` (units, descriptions)."""
-    return write_tsv(path, QC_COLUMNS, qc_rows(flagged))
+    """The cohort TSV (one row per case) with its Slicer ``.schema.tsv`` (units, descriptions); measured values
+    with 6 significant digits."""
+    columns = [replace(c, digits=6) if c.type == "double" and c.digits is None else c for c in QC_COLUMNS]
+    return write_tsv(path, columns, qc_rows(flagged))

@@ -104,14 +104,14 @@ def run(args) -> int:
         columns = [
             Column("case", "Case", "", "Simulated modality pair", "string"),
             Column("preset", "Preset", "", "Registration preset used", "string"),
-            Column("misalignment_deg", "Rotation", "deg", "Angle of the simulated rotation"),
-            Column("misalignment_mm", "Translation", "mm", "Length of the simulated translation"),
-            Column("tre_landmarks_mean_mm", "TRE landmarks mean", "mm", "Mean target registration error at the named landmarks"),
-            Column("tre_landmarks_max_mm", "TRE landmarks max", "mm", "Largest TRE at the named landmarks"),
-            Column("tre_brain_mean_mm", "TRE brain mean", "mm", "Mean TRE at 500 random points in the brain"),
-            Column("tre_brain_max_mm", "TRE brain max", "mm", "Largest TRE at those points"),
-            Column("registration_s", "Registration time", "s", "Engine time (preprocessing to sanity checks)"),
-            Column("wall_s", "Wall time", "s", "Including writing the outputs and pictures"),
+            Column("misalignment_deg", "Rotation", "deg", "Angle of the simulated rotation", digits=4),
+            Column("misalignment_mm", "Translation", "mm", "Length of the simulated translation", digits=4),
+            Column("tre_landmarks_mean_mm", "TRE landmarks mean", "mm", "Mean target registration error at the named landmarks", digits=4),
+            Column("tre_landmarks_max_mm", "TRE landmarks max", "mm", "Largest TRE at the named landmarks", digits=4),
+            Column("tre_brain_mean_mm", "TRE brain mean", "mm", "Mean TRE at 500 random points in the brain", digits=4),
+            Column("tre_brain_max_mm", "TRE brain max", "mm", "Largest TRE at those points", digits=4),
+            Column("registration_s", "Registration time", "s", "Engine time (preprocessing to sanity checks)", digits=4),
+            Column("wall_s", "Wall time", "s", "Including writing the outputs and pictures", digits=4),
             Column("sanity", "Sanity checks", "", "Post-run checks of the engine", "string"),
         ]
         write_tsv(os.path.join(tmp, "demo_tre.tsv"), columns, rows)
