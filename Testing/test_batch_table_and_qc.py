@@ -171,6 +171,8 @@ def test_report_never_says_every_check_passed_when_the_profile_was_incomplete(tm
     passed = flag_cases([_rec(f"c{i}", profile="neuro 1.0.0", profile_verdict="pass") for i in range(3)])
     page = open(write_html_report(str(tmp_path / "p.html"), passed, str(tmp_path)), encoding="utf-8").read()
     assert "every case succeeded and passed every check" in page
+    nothing_to_measure = flag_cases([_rec("c0", profile="neuro", profile_verdict=None)])[0]
+    assert nothing_to_measure["verdict"] == "incomplete" and "not evaluated" in nothing_to_measure["verdict_reason"]
     unjudged = flag_cases([_rec("c0")])
     assert unjudged[0]["verdict"] == "checks passed"
     page = open(write_html_report(str(tmp_path / "u.html"), unjudged, str(tmp_path)), encoding="utf-8").read()

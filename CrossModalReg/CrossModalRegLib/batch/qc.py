@@ -157,6 +157,9 @@ def case_verdict(r: dict) -> tuple[str, str]:
         return "incomplete", f"acceptance profile {r.get('profile') or ''} incomplete: not evaluated {missing}"
     if r.get("profile_verdict") == "pass":
         return "pass", ""
+    if r.get("profile"):  # asked for, but the case had nothing the profile measures
+        return "incomplete", (f"acceptance profile {r['profile']} not evaluated: the case has no landmarks or label "
+                              "maps (and a linear result), so no TRE or Dice was measured")
     return "checks passed", "no acceptance profile given (--profile): only the post-run sanity checks judged it"
 
 

@@ -126,9 +126,12 @@ def review_summary(flagged: list[dict], review: list[dict]) -> str:
     """One sentence on what was judged: never "every check passed" unless every check ran and passed."""
     if not flagged:
         return "<p>No case in the cohort.</p>"
-    if review:
-        return f"<p class='bad'>{len(review)} of {len(flagged)} cases need a look; the reason is on each card.</p>"
     verdicts = [r.get("verdict") for r in flagged]
+    if review:
+        more = verdicts.count("incomplete")
+        return (f"<p class='bad'>{len(review)} of {len(flagged)} cases need a look; the reason is on each card."
+                + (f" {more} more could not be fully judged (verdict incomplete, see the table).</p>" if more
+                   else "</p>"))
     if all(v == "pass" for v in verdicts):
         return "<p>None: every case succeeded and passed every check (sanity checks and acceptance profile).</p>"
     incomplete = [r for r in flagged if r.get("verdict") == "incomplete"]
