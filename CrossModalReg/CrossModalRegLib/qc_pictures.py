@@ -27,7 +27,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .overlay import _layer_rgba
+from .overlay import layer_rgba
 
 VIEWS_3D = ("Axial", "Coronal", "Sagittal")
 LETTERS = (("L", "R"), ("P", "A"), ("I", "S"))  # RAS axis -> (letter towards -axis, letter towards +axis)
@@ -155,8 +155,8 @@ class SliceRenderer:
         slice_node.UpdateMatrices()
         m = slice_node.GetXYToRAS()
         geom.xy_to_ras = np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
-        bg = _layer_rgba(logic.GetBackgroundLayer().GetImageDataConnection())
-        fg = _layer_rgba(logic.GetForegroundLayer().GetImageDataConnection())
+        bg = layer_rgba(logic.GetBackgroundLayer().GetImageDataConnection())
+        fg = layer_rgba(logic.GetForegroundLayer().GetImageDataConnection())
         logic.SetMRMLScene(None)
         self.close()  # a slice node left behind would be picked up (with its old size) by the next logic
         return bg, fg
