@@ -157,3 +157,37 @@ def test_package_imports_without_dask():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": root})
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_report_never_says_every_check_passed_when_the_profile_was_incomplete(tmp_path):
+    incomplete = dict(profile="neuro 1.0.0", profile_verdict="incomplete",
+                      profile_not_evaluated=["tre_mean_mm (no landmarks given)"])
+    recs = flag_cases([_rec(f"c{i}", **incomplete) for i in range(3)])
+    assert [r["verdict"] for r in recs] == ["incomplete"] * 3
+    assert "tre_mean_mm (no landmarks given)" in recs[0]["verdict_reason"]
+    page = open(write_html_report(str(tmp_path / "r.html"), recs, str(tmp_path)), encoding="utf-8").read()
+    assert "passed every check" not in page
+    assert "verdict <b>incomplete</b>" in page and "<th>Verdict</th>" in page and "<td>incomplete</td>" in page
+    passed = flag_cases([_rec(f"c{i}", profile="neuro 1.0.0", profile_verdict="pass") for i in range(3)])
+    page = open(write_html_report(str(tmp_path / "p.html"), passed, str(tmp_path)), encoding="utf-8").read()
+    assert "every case succeeded and passed every check" in page
+    nothing_to_measure = flag_cases([_rec("c0", profile="neuro", profile_verdict=None)])[0]
+    assert nothing_to_measure["verdict"] == "incomplete" and "not evaluated" in nothing_to_measure["verdict_reason"]
+    unjudged = flag_cases([_rec("c0")])
+    assert unjudged[0]["verdict"] == "checks passed"
+    page = open(write_html_report(str(tmp_path / "u.html"), unjudged, str(tmp_path)), encoding="utf-8").read()
+    assert "passed every check" not in page and "No acceptance profile was given" in page
+
+
+def test_a_failed_case_card_shows_its_reason_and_no_empty_numbers(tmp_path):
+    recs = flag_cases([_rec("ok1"), _rec("bad", status="failed", failure_kind="input",
+                                           failure_reason="cannot read moving image 'x'", final_metric=None,
+                                           initial_metric=None, run_time_s=None)])
+    bad = {r["case_id"]: r for r in recs}["bad"]
+    assert bad["verdict"] == "failed" and "cannot read moving image 'x'" in bad["verdict_reason"]
+    page = open(write_html_report(str(tmp_path / "r.html"), recs, str(tmp_path)), encoding="utf-8").read()
+    card = page[page.index("<div class='case'>"):]
+    card = card[:card.index("</div>")]
+    assert "&rarr; ;" not in card and " s;" not in card and "metric" not in card
+    assert "<li>failed (input): cannot read moving image &#x27;x&#x27;</li>" in card
+    assert "no QC picture" in card

@@ -24,7 +24,7 @@ def test_register_writes_every_output_and_the_transform_goes_fixed_to_moving(tmp
                      "--output-dir", str(out), "--no-progress"])
     assert code == 0
     for name in ("transform.h5", "moving_resampled.nii.gz", "overlay_before.png", "overlay_after.png",
-                 "checkerboard_after.png", "registration.json", "metric_trace.tsv", "metric_trace.schema.tsv",
+                 "checkerboard_after.png", "overlay_before_after.png", "report.html", "registration.json", "metric_trace.tsv", "metric_trace.schema.tsv",
                  "scene/registration.mrml"):
         assert (out / name).is_file(), name
     fixed = sitk.ReadImage(str(d / "BrainT1SliceBorder20.mha"))
@@ -116,6 +116,12 @@ def test_demo_runs_on_built_in_data_and_reports_tre_under_one_millimetre(tmp_pat
         assert case["misalignment_deg"] > 10.0
         assert case["tre_brain_mean_mm"] < 1.0, case
     assert "TRE" in proc.stdout and (out / "ct_to_mr" / "transform.h5").is_file()
+    for case in ("ct_to_mr", "pet_to_mr", "t2_to_mr"):
+        page = (out / case / "report.html").read_text()
+        assert "crossmodalreg demo --output-dir" in page and "landmarks: mean" in page  # repeatable, judged
+    for line in (out / "demo_tre.tsv").read_text().splitlines()[1:]:  # 4 significant digits, not 17
+        numbers = line.split("\t")[2:10]
+        assert all(len(v.lstrip("-").replace(".", "").lstrip("0")) <= 4 for v in numbers), line
 
 
 def test_a_truncated_compressed_image_is_refused_not_registered(tmp_path, shared_data, capsys):

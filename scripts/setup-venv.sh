@@ -2,7 +2,8 @@
 # Usage: scripts/setup-venv.sh VENV_DIR [EXTRAS]
 # Creates (or reuses) a Python 3.11+ virtual environment and installs this project into it (editable).
 # Everything the project needs comes from PyPI through this script; with the test extra it also installs the few
-# Debian libraries PyQt5 needs when they are missing (overlay PNGs need none: Slicer's slice compositing).
+# Debian libraries PyQt5 needs when they are missing, and Debian's chromium for the report.html browser test
+# (overlay PNGs need none: Slicer's slice compositing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv}"
@@ -38,5 +39,13 @@ if [[ ",$EXTRAS," == *",test,"* ]]; then
     fi
     QT_QPA_PLATFORM=offscreen "$VENV/bin/python" -c 'from PyQt5 import QtWidgets' \
       || { echo "PyQt5 cannot load: install Debian's libgl1 libegl1 libfontconfig1 libxkbcommon0" >&2; exit 1; }
+  fi
+  # The report test opens report.html in a real headless browser (Debian's chromium).
+  if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    fi
+    command -v chromium >/dev/null \
+      || echo "chromium is missing: the report.html browser test will skip (install Debian's chromium)" >&2
   fi
 fi

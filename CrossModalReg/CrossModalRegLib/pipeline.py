@@ -5,8 +5,8 @@ Used by ``crossmodalreg register``, ``crossmodalreg demo`` and the cohort batch.
 * ``transform.h5``: ITK transform mapping FIXED-space points to MOVING-space points (LPS), readable by SimpleITK
   (``sitk.ReadTransform``) and by Slicer (it loads as the transform the moving volume goes under);
 * ``moving_resampled.nii.gz``: the moving image on the fixed grid;
-* ``overlay_before.png`` / ``overlay_after.png`` / ``checkerboard_after.png``: Slicer slice compositing of fixed
-  (background) and moving (foreground), before and after;
+* ``overlay_before_after.png`` (+ the before/after rows alone): labelled QC views resliced by Slicer's slice
+  logic (``qc_pictures``), and ``report.html``, the one page that shows them with the checks (``report_html``);
 * ``registration.json``: provenance (versions, preset and hash, parameters, seed, input checksums, timings),
   the sanity checks and the metric trace; ``metric_trace.tsv`` (+ schema);
 * ``scene/registration.mrml`` with its node files: opens in Slicer with the moving volume under the transform.
@@ -61,6 +61,13 @@ def pair_by_label(fixed_labels, fixed_pts, moving_labels, moving_pts, *, truncat
     return fixed, moving, labels
 
 
+def stage_message(p) -> str:
+    """The progress message, prefixed with "stage i/n" when the preset has more than one stage."""
+    if p.n_stages and p.n_stages > 1 and p.stage:
+        return f"stage {p.stage_index + 1}/{p.n_stages} {p.message}"
+    return p.message
+
+
 class TerminalProgress:
     """A one-line progress bar on a terminal (stderr); plain periodic lines when not a terminal."""
 
@@ -69,22 +76,25 @@ class TerminalProgress:
         self.enabled = enabled
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.last = -1.0
+        self.stage = None
         self.t0 = time.perf_counter()
 
     def __call__(self, p):
         if not self.enabled:
             return
         pct = 100.0 * p.fraction
+        message = stage_message(p)
         if self.tty:
             bar = "#" * int(pct / 4)
             metric = f" metric {p.metric:.5g}" if p.metric is not None else ""
-            self.stream.write(f"\r[{bar:<25}] {pct:5.1f}% {p.message:<28}{metric:<22}")
+            self.stream.write(f"\r[{bar:<25}] {pct:5.1f}% {message:<40}{metric:<22}")
             if p.fraction >= 1.0:
                 self.stream.write("\n")
             self.stream.flush()
-        elif pct - self.last >= 10.0 or p.fraction >= 1.0:
+        elif pct - self.last >= 10.0 or p.fraction >= 1.0 or (p.n_stages > 1 and p.stage_index != self.stage):
             self.last = pct
-            self.stream.write(f"{pct:5.1f}% {p.message} ({time.perf_counter() - self.t0:.1f} s)\n")
+            self.stage = p.stage_index if p.n_stages > 1 else self.stage
+            self.stream.write(f"{pct:5.1f}% {message} ({time.perf_counter() - self.t0:.1f} s)\n")
             self.stream.flush()
 
 
@@ -146,6 +156,19 @@ def landmark_check(transform, fixed_landmarks, moving_landmarks, *, evaluation_o
                           "tolerance_mm": tol, "used_for_initialization": not evaluation_only})
 
 
+FINAL_METRIC_NOTE = ("initial_metric and final_metric are the first stage's metric at full resolution on smoothed "
+                     "images and one fixed sample set, before and after; the metric_trace values are per resolution "
+                     "level (own resolution and samples) and are not comparable with them or across levels")
+
+
+def _input_name(input_files: dict | None, role: str, names: dict | None = None) -> str:
+    """What the pictures and the report call the fixed/moving image: a given name, else the file's name."""
+    if names and names.get(role):
+        return str(names[role])
+    path = (input_files or {}).get(role)
+    return os.path.basename(path) if path else role
+
+
 def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str, *, preset="multimodal-rigid",
                          fixed_mask=None, moving_mask=None, fixed_landmarks=None, moving_landmarks=None,
                          landmark_labels=None, initial_transform=None, seed: int = engine.DEFAULT_SEED,
@@ -153,7 +176,7 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
                          overwrite: bool = False,
                          input_files: dict | None = None, extra_provenance: dict | None = None,
                          use_landmarks_for_initialization: bool = True, strict: bool = True, pictures: bool = True,
-                         threads: int | None = 1):
+                         threads: int | None = 1, image_names: dict | None = None):
     """Register and write the complete output folder atomically; return (result, output_dir)."""
     from .headless import HeadlessSlicer
     from .mrml import (
@@ -162,7 +185,9 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
         set_volume_references,
         volume_node_from_image,
     )
-    from .overlay import slice_views, stack_rows, write_png
+    from .overlay import write_png
+    from .qc_pictures import figures, render_qc
+    from .report_html import write_report
     from .scene_io import save_scene
     from .scene_registration import METRIC_TRACE_COLUMNS, _embed_3d
 
@@ -215,10 +240,13 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
         if extra_provenance:
             provenance.update(extra_provenance)
         provenance["metric_trace"] = rows
+        provenance["image_names"] = {role: _input_name(input_files, role, image_names) for role in ("fixed", "moving")}
+        provenance["final_metric_note"] = FINAL_METRIC_NOTE
         provenance["outputs"] = {
             "transform.h5": "ITK transform, maps FIXED-space points to MOVING-space points, LPS mm",
             "moving_resampled.nii.gz": "moving image resampled onto the fixed grid through transform.h5",
             "scene/registration.mrml": "Slicer scene: moving volume under the transform node",
+            "report.html": "one self-contained page: verdict, QC pictures, metric plot, checks, landmarks, provenance",
         }
 
         # The scene (real MRML): fixed, moving under the transform, landmarks; pictures from Slicer's compositing.
@@ -226,22 +254,18 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
             scene = app.scene
             fixed_node = volume_node_from_image(scene, fixed, "fixed")
             moving_node = volume_node_from_image(scene, moving, "moving")
-            if pictures:
-                warm = "vtkMRMLPETProceduralColorNodePET-Heat"
-                before = slice_views(scene, fixed_node, moving_node, app_logic=app.app_logic,
-                                     moving_color_node_id=warm)
             tnode = scene.AddNewNodeByClass("vtkMRMLTransformNode", "moving_to_fixed (CrossModalReg)")
             set_transform_fixed_to_moving(tnode, _embed_3d(tx))
             set_volume_references(tnode, fixed_node, moving_node)
             moving_node.SetAndObserveTransformNodeID(tnode.GetID())
             if pictures:
-                after = slice_views(scene, fixed_node, moving_node, app_logic=app.app_logic,
-                                    moving_color_node_id=warm)
-                checker = slice_views(scene, fixed_node, moving_node, app_logic=app.app_logic, checkerboard=8)
-                write_png(before, os.path.join(tmp, "overlay_before.png"))
-                write_png(after, os.path.join(tmp, "overlay_after.png"))
-                write_png(checker, os.path.join(tmp, "checkerboard_after.png"))
-                write_png(stack_rows([before, after]), os.path.join(tmp, "overlay_before_after.png"))
+                qc = render_qc(scene, app.app_logic, fixed, fixed_node, moving_node, tnode, tx,
+                               fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
+                               fixed_name=_input_name(input_files, "fixed", image_names),
+                               moving_name=_input_name(input_files, "moving", image_names))
+                for name, rgb in figures(qc).items():
+                    write_png(rgb, os.path.join(tmp, name))
+                provenance["qc_pictures"] = qc.summary()
             if fixed_landmarks is not None:
                 markups_node_from_points(scene, fixed_landmarks, landmark_labels or range(len(fixed_landmarks)),
                                          "fixed_landmarks")
@@ -249,6 +273,7 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
                                                  landmark_labels or range(len(moving_landmarks)), "moving_landmarks")
                 mnode.SetAndObserveTransformNodeID(tnode.GetID())
             save_scene(scene, os.path.join(tmp, "scene", "registration.mrml"))
+        write_report(os.path.join(tmp, "report.html"), provenance)
         write_json_atomic(os.path.join(tmp, "registration.json"), provenance)
         commit_output_dir(tmp, output_dir)
         return result, os.path.abspath(output_dir)

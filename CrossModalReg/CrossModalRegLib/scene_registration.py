@@ -34,7 +34,8 @@ METRIC_TRACE_COLUMNS = [
     Column("stage", "Stage", "", "Transform stage being optimised (rigid, affine, bspline)", "string"),
     Column("level", "Level", "", "Resolution level, 0 = coarsest", "int"),
     Column("iteration", "Iteration", "", "Optimiser iteration within the level", "int"),
-    Column("metric", "Metric", "", "Metric value (lower is better; negative mutual information for MI metrics)"),
+    Column("metric", "Metric", "", "Metric value (lower is better; negative mutual information for MI metrics); "
+           "per resolution level, not comparable across levels", digits=6),
 ]
 
 

@@ -21,9 +21,10 @@ class Column:
     unit: str = ""
     description: str = ""
     type: str = "double"  # "double", "int", "string", "bool"
+    digits: int | None = None  # significant digits written to TSV (None: exact, repr)
 
 
-def _cell(value, ctype):
+def _cell(value, ctype, digits=None):
     if value is None:
         return ""
     if ctype == "double":
@@ -31,7 +32,11 @@ def _cell(value, ctype):
             v = float(value)
         except (TypeError, ValueError):
             return ""
-        return "" if math.isnan(v) else repr(v)
+        if math.isnan(v):
+            return ""
+        return f"{v:.{digits}g}" if digits else repr(v)
+    if ctype == "int" and isinstance(value, float) and value.is_integer():
+        return str(int(value))  # a count read back from JSON as 10.0 is written 10
     if ctype == "bool":
         return "true" if value else "false"
     return str(value)
@@ -47,7 +52,7 @@ def write_tsv(path: str, columns: list[Column], rows: list[dict], *, write_schem
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow([c.key for c in columns])
         for row in rows:
-            w.writerow([_cell(row.get(c.key), c.type) for c in columns])
+            w.writerow([_cell(row.get(c.key), c.type, c.digits) for c in columns])
     os.replace(tmp, path)
     if write_schema:
         base = path[:-4] if path.endswith(".tsv") else path

@@ -171,7 +171,7 @@ def base_record(case, options: CaseOptions) -> dict:
         "jacobian_min": None, "jacobian_max": None, "jacobian_fraction_folding": None,
         "tre_before_mean_mm": None, "tre_mean_mm": None, "tre_max_mm": None, "fre_mean_mm": None,
         "dice_before_mean": None, "dice_mean": None, "dice_min": None,
-        "profile": options.profile, "profile_verdict": None, "profile_failures": [],
+        "profile": options.profile, "profile_verdict": None, "profile_failures": [], "profile_not_evaluated": [],
         "validation_note": None,
         "run_time_s": None, "registration_time_s": None, "attempts": None, "itk_threads": options.itk_threads,
         "worker": f"{socket.gethostname()}:{os.getpid()}", "finished": None,
@@ -268,6 +268,8 @@ def _validate(case, fixed, moving, result, landmarks, options: CaseOptions, stag
             f"{r.criterion.measure} {r.value:.4g} (needs {r.criterion.text()})" for r in report.acceptance
             if r.result == "fail"
         ]
+        record["profile_not_evaluated"] = [
+            f"{r.criterion.measure} ({r.note})" for r in report.acceptance if r.result not in ("pass", "fail")]
 
 
 # ----------------------------------------------------------------------------------------------- the task

@@ -17,6 +17,7 @@ A case ``needs_review`` when any of these holds (``review_reason`` lists all tha
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from ..tables import Column, write_tsv
 from .case import STATUS_OK
@@ -34,6 +35,11 @@ QC_COLUMNS = [
            "input (missing or unreadable file, bad landmarks), no_overlap, sanity (post-run checks failed), error, "
            "worker_died", "string"),
     Column("failure_reason", "Failure reason", "", "what went wrong, naming the file or check", "string"),
+    Column("verdict", "Verdict", "",
+           "failed, review (flagged: see review_reason), incomplete (not flagged, but an acceptance criterion could "
+           "not be evaluated: see verdict_reason), pass (every check ran and passed), checks passed (no profile)",
+           "string"),
+    Column("verdict_reason", "Verdict reason", "", "why the verdict is not pass", "string"),
     Column("needs_review", "Needs review", "", "true when a person should look at this case", "bool"),
     Column("review_reason", "Review reason", "", "every reason that applies, separated by '; '", "string"),
     Column("dimension", "Dimension", "", "2 or 3", "int"),
@@ -136,7 +142,25 @@ def flag_cases(records: list[dict]) -> list[dict]:
         rs = reasons[id(r)]
         r["needs_review"] = bool(rs)
         r["review_reason"] = "; ".join(rs)
+        r["verdict"], r["verdict_reason"] = case_verdict(r)
     return out
+
+
+def case_verdict(r: dict) -> tuple[str, str]:
+    """(verdict, reason) of one flagged record: failed, review, incomplete, pass, or 'checks passed' (no profile)."""
+    if r.get("status") != STATUS_OK:
+        return "failed", r.get("review_reason", "")
+    if r.get("needs_review"):
+        return "review", r.get("review_reason", "")
+    if r.get("profile_verdict") == "incomplete":
+        missing = "; ".join(r.get("profile_not_evaluated") or []) or "a criterion was not evaluated"
+        return "incomplete", f"acceptance profile {r.get('profile') or ''} incomplete: not evaluated {missing}"
+    if r.get("profile_verdict") == "pass":
+        return "pass", ""
+    if r.get("profile"):  # asked for, but the case had nothing the profile measures
+        return "incomplete", (f"acceptance profile {r['profile']} not evaluated: the case has no landmarks or label "
+                              "maps (and a linear result), so no TRE or Dice was measured")
+    return "checks passed", "no acceptance profile given (--profile): only the post-run sanity checks judged it"
 
 
 def qc_rows(flagged: list[dict]) -> list[dict]:
@@ -149,5 +173,7 @@ def qc_rows(flagged: list[dict]) -> list[dict]:
 
 
 def write_qc_table(path: str, flagged: list[dict]) -> str:
-    """The cohort TSV (one row per case) with its Slicer ``.schema.tsv`` (units, descriptions)."""
-    return write_tsv(path, QC_COLUMNS, qc_rows(flagged))
+    """The cohort TSV (one row per case) with its Slicer ``.schema.tsv`` (units, descriptions); measured values
+    with 6 significant digits."""
+    columns = [replace(c, digits=6) if c.type == "double" and c.digits is None else c for c in QC_COLUMNS]
+    return write_tsv(path, columns, qc_rows(flagged))

@@ -15,7 +15,7 @@ import tempfile
 
 from .case import STATUS_OK
 
-THUMB_WIDTH = 360
+THUMB_WIDTH = 900
 HISTOGRAMS = [
     ("final_metric", "Final metric (lower is better)", ""),
     ("metric_improvement", "Metric improvement (initial - final)", ""),
@@ -24,9 +24,9 @@ HISTOGRAMS = [
     ("dice_mean", "Dice (mean over labels)", ""),
     ("jacobian_min", "Jacobian determinant, minimum", ""),
 ]
-TABLE_KEYS = [("case_id", "Case"), ("status", "Status"), ("final_metric", "Final metric"),
+TABLE_KEYS = [("case_id", "Case"), ("verdict", "Verdict"), ("status", "Status"), ("final_metric", "Final metric"),
               ("metric_improvement", "Improvement"), ("tre_mean_mm", "TRE mm"), ("dice_mean", "Dice"),
-              ("run_time_s", "Time s"), ("attempts", "Attempts"), ("review_reason", "Review reason")]
+              ("run_time_s", "Time s"), ("attempts", "Attempts"), ("verdict_reason", "Reason")]
 
 
 def _fmt(v) -> str:
@@ -35,7 +35,9 @@ def _fmt(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return "" if not math.isfinite(v) else f"{v:.4g}"
+        if not math.isfinite(v):
+            return ""
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.4g}"
     return str(v)
 
 
@@ -50,7 +52,7 @@ def thumbnail_data_uri(png_path: str, width: int = THUMB_WIDTH) -> str | None:
         factor = max(1, int(math.ceil(img.GetSize()[0] / float(width))))
         data = None
         if factor > 1:
-            small = sitk.Shrink(img, [factor] * img.GetDimension())
+            small = sitk.BinShrink(img, [factor] * img.GetDimension())  # averages: thin contour lines survive
             with tempfile.TemporaryDirectory() as tmp:
                 p = os.path.join(tmp, "thumb.png")
                 sitk.WriteImage(small, p)
@@ -83,7 +85,7 @@ def svg_histogram(values, title: str, unit: str = "", *, bins: int = 12, width: 
     pad_l, pad_b, pad_t = 28, 30, 6
     pw, ph = width - pad_l - 6, height - pad_b - pad_t
     bw = pw / bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+    parts = [f'<svg width="{width}" height="{height}" role="img" '
              f'aria-label="{esc(title)}">']
     for i, c in enumerate(counts):
         h = ph * c / top
@@ -112,12 +114,56 @@ h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.4em;border-bottom:1px solid
 .counts span{display:inline-block;margin-right:1.5em;font-size:1.05em}
 .bad{color:#c0392b;font-weight:600} .muted{color:#777}
 .cases{display:flex;flex-wrap:wrap;gap:12px}
-.case{border:1px solid #ddd;border-radius:6px;padding:8px;width:380px;font-size:.9em}
+.case{border:1px solid #ddd;border-radius:6px;padding:8px;width:100%;max-width:920px;font-size:.9em}
 .case img{width:100%;image-rendering:auto;border:1px solid #eee}
 .hists{display:flex;flex-wrap:wrap;gap:16px} figure.hist{margin:0} figcaption{font-size:.85em}
 table{border-collapse:collapse;font-size:.85em} td,th{border:1px solid #ddd;padding:2px 6px;text-align:left}
 tr.flag{background:#fdf0ef}
 """
+
+
+def review_summary(flagged: list[dict], review: list[dict]) -> str:
+    """One sentence on what was judged: never "every check passed" unless every check ran and passed."""
+    if not flagged:
+        return "<p>No case in the cohort.</p>"
+    verdicts = [r.get("verdict") for r in flagged]
+    if review:
+        more = verdicts.count("incomplete")
+        return (f"<p class='bad'>{len(review)} of {len(flagged)} cases need a look; the reason is on each card."
+                + (f" {more} more could not be fully judged (verdict incomplete, see the table).</p>" if more
+                   else "</p>"))
+    if all(v == "pass" for v in verdicts):
+        return "<p>None: every case succeeded and passed every check (sanity checks and acceptance profile).</p>"
+    incomplete = [r for r in flagged if r.get("verdict") == "incomplete"]
+    if incomplete:
+        reasons = sorted({r.get("verdict_reason", "") for r in incomplete})
+        return (f"<p>No case was flagged, but for {len(incomplete)} of {len(flagged)} cases the acceptance profile "
+                "could not be fully evaluated (verdict <b>incomplete</b>): " + html.escape("; ".join(reasons))
+                + ". Their post-run sanity checks passed.</p>")
+    return ("<p>No case was flagged: every case succeeded and passed the post-run sanity checks. No acceptance "
+            "profile was given (<code>--profile</code>), so TRE and Dice were not judged.</p>")
+
+
+def case_card(r: dict, output_dir: str) -> str:
+    """A flagged case: verdict, every reason, the numbers that exist, the QC picture and a link to its report."""
+    esc = html.escape
+    case_dir = os.path.join(output_dir, "cases", r["case_id"])
+    uri = thumbnail_data_uri(os.path.join(case_dir, "overlay_before_after.png"))
+    img = (f"<img alt='before/after QC views of {esc(r['case_id'])}' src='{uri}'>" if uri else
+           "<p class='muted'>no QC picture (the registration produced no outputs)</p>")
+    facts = []
+    if r.get("initial_metric") is not None and r.get("final_metric") is not None:
+        facts.append(f"metric {_fmt(r['initial_metric'])} &rarr; {_fmt(r['final_metric'])}")
+    if r.get("tre_mean_mm") is not None:
+        facts.append(f"TRE {_fmt(r['tre_mean_mm'])} mm")
+    if r.get("run_time_s") is not None:
+        facts.append(f"{_fmt(r['run_time_s'])} s")
+    facts.append(f"folder {esc(r.get('case_dir', ''))}")
+    link = (f" &middot; <a href='cases/{esc(r['case_id'])}/report.html'>case report</a>"
+            if os.path.isfile(os.path.join(case_dir, "report.html")) else "")
+    reasons = "".join(f"<li>{esc(x)}</li>" for x in (r.get("review_reason") or "").split("; ") if x)
+    return (f"<div class='case'><b>{esc(r['case_id'])}</b> &ndash; verdict <b>{esc(r.get('verdict', ''))}</b>"
+            f"<ul class='bad'>{reasons}</ul><span class='muted'>{'; '.join(facts)}{link}</span>{img}</div>")
 
 
 def write_html_report(path: str, flagged: list[dict], output_dir: str, *, title: str = "Cohort registration QC",
@@ -140,20 +186,10 @@ def write_html_report(path: str, flagged: list[dict], output_dir: str, *, title:
                f"<span class='{'bad' if review else ''}'>need review: <b>{len(review)}</b></span></p>")
 
     out.append("<h2>Cases to review</h2>")
-    if not review:
-        out.append("<p>None: every case succeeded and passed every check.</p>")
-    else:
+    out.append(review_summary(flagged, review))
+    if review:
         out.append("<div class='cases'>")
-        for r in review:
-            uri = thumbnail_data_uri(os.path.join(output_dir, "cases", r["case_id"], "overlay_before_after.png"))
-            img = (f"<img alt='overlay before (top) and after (bottom) registration of {esc(r['case_id'])}' "
-                   f"src='{uri}'>" if uri else "<p class='muted'>no overlay picture (the registration did not "
-                   "produce outputs)</p>")
-            out.append(f"<div class='case'><b>{esc(r['case_id'])}</b> &ndash; {esc(r.get('status', ''))}"
-                       f"<br><span class='bad'>{esc(r.get('review_reason', ''))}</span>"
-                       f"<br><span class='muted'>metric {_fmt(r.get('initial_metric'))} &rarr; "
-                       f"{_fmt(r.get('final_metric'))}; {_fmt(r.get('run_time_s'))} s; "
-                       f"folder {esc(r.get('case_dir', ''))}</span>{img}</div>")
+        out += [case_card(r, output_dir) for r in review]
         out.append("</div>")
 
     out.append("<h2>Cohort distributions</h2><p class='muted'>Succeeded cases; red ticks mark cases to review."

@@ -8,6 +8,7 @@ registers each with its preset and prints the target registration error against 
 from __future__ import annotations
 
 import os
+import shlex
 import time
 
 import numpy as np
@@ -32,6 +33,13 @@ CASES = [
     ("pet_to_mr", "pet", "mr-pet-rigid", (3.0, 3.0, 3.0)),
     ("t2_to_mr", "t2", "mr-t1-t2-rigid", (1.2, 1.0, 3.5)),
 ]
+
+
+def _repeat_command(args, name: str) -> str:
+    """The command that makes this demo again (all three pairs; ``name`` is the one this folder holds)."""
+    return shlex.join(["crossmodalreg", "demo", "--output-dir", os.path.abspath(args.output_dir) + "-repeat",
+                       "--seed", str(args.seed), "--max-angle", f"{args.max_angle:g}",
+                       "--max-translation", f"{args.max_translation:g}"]) + f"   # all three pairs; this is {name}"
 
 
 def run(args) -> int:
@@ -76,7 +84,8 @@ def run(args) -> int:
                 fixed, moving, case_dir, preset=preset, progress=TerminalProgress(enabled=not args.no_progress),
                 fixed_landmarks=fixed_pts, moving_landmarks=transform_points(truth, fixed_pts),
                 landmark_labels=labels, use_landmarks_for_initialization=False,
-                extra_provenance={"ground_truth_fixed_to_moving_lps": {
+                image_names={"fixed": "MR-T1 phantom", "moving": f"{modality.upper()} phantom"},
+                extra_provenance={"command": _repeat_command(args, name), "ground_truth_fixed_to_moving_lps": {
                     "type": truth.GetName(), "parameters": list(truth.GetParameters()),
                     "fixed_parameters": list(truth.GetFixedParameters())}},
             )
@@ -95,14 +104,14 @@ def run(args) -> int:
         columns = [
             Column("case", "Case", "", "Simulated modality pair", "string"),
             Column("preset", "Preset", "", "Registration preset used", "string"),
-            Column("misalignment_deg", "Rotation", "deg", "Angle of the simulated rotation"),
-            Column("misalignment_mm", "Translation", "mm", "Length of the simulated translation"),
-            Column("tre_landmarks_mean_mm", "TRE landmarks mean", "mm", "Mean target registration error at the named landmarks"),
-            Column("tre_landmarks_max_mm", "TRE landmarks max", "mm", "Largest TRE at the named landmarks"),
-            Column("tre_brain_mean_mm", "TRE brain mean", "mm", "Mean TRE at 500 random points in the brain"),
-            Column("tre_brain_max_mm", "TRE brain max", "mm", "Largest TRE at those points"),
-            Column("registration_s", "Registration time", "s", "Engine time (preprocessing to sanity checks)"),
-            Column("wall_s", "Wall time", "s", "Including writing the outputs and pictures"),
+            Column("misalignment_deg", "Rotation", "deg", "Angle of the simulated rotation", digits=4),
+            Column("misalignment_mm", "Translation", "mm", "Length of the simulated translation", digits=4),
+            Column("tre_landmarks_mean_mm", "TRE landmarks mean", "mm", "Mean target registration error at the named landmarks", digits=4),
+            Column("tre_landmarks_max_mm", "TRE landmarks max", "mm", "Largest TRE at the named landmarks", digits=4),
+            Column("tre_brain_mean_mm", "TRE brain mean", "mm", "Mean TRE at 500 random points in the brain", digits=4),
+            Column("tre_brain_max_mm", "TRE brain max", "mm", "Largest TRE at those points", digits=4),
+            Column("registration_s", "Registration time", "s", "Engine time (preprocessing to sanity checks)", digits=4),
+            Column("wall_s", "Wall time", "s", "Including writing the outputs and pictures", digits=4),
             Column("sanity", "Sanity checks", "", "Post-run checks of the engine", "string"),
         ]
         write_tsv(os.path.join(tmp, "demo_tre.tsv"), columns, rows)

@@ -61,6 +61,30 @@ def parse_overrides(items):
     return out
 
 
+def repeat_command(args) -> str:
+    """The shell command that repeats this run exactly (absolute paths, the seed and thread count explicit)."""
+    import shlex
+
+    from .. import engine
+
+    words = ["crossmodalreg", "register"]
+    for opt in ("fixed", "moving", "fixed_mask", "moving_mask", "fixed_landmarks", "moving_landmarks",
+                "initial_transform"):
+        if getattr(args, opt):
+            words += [f"--{opt.replace('_', '-')}", os.path.abspath(getattr(args, opt))]
+    preset = args.preset if not os.path.isfile(args.preset) else os.path.abspath(args.preset)
+    words += ["--preset", preset, "--seed", str(engine.DEFAULT_SEED if args.seed is None else args.seed),
+              "--threads", str(args.threads)]
+    if args.fixed_landmarks:
+        words += ["--landmarks-for", args.landmarks_for]
+    words += [flag for flag, on in (("--no-rotation-search", args.no_rotation_search),
+                                    ("--no-orientation-search", args.no_orientation_search)) if on]
+    for item in args.set:
+        words += ["--set", item]
+    words += ["--output-dir", os.path.abspath(args.output_dir) + "-repeat"]
+    return shlex.join(words)
+
+
 def run(args) -> int:
     import SimpleITK as sitk
 
@@ -95,7 +119,7 @@ def run(args) -> int:
                      "moving_mask": args.moving_mask, "fixed_landmarks": args.fixed_landmarks,
                      "moving_landmarks": args.moving_landmarks, "initial_transform": args.initial_transform},
         use_landmarks_for_initialization=args.landmarks_for == "initialization", strict=not args.keep_failed,
-        threads=args.threads or None,
+        threads=args.threads or None, extra_provenance={"command": repeat_command(args)},
     )
     orient = result.initialization.get("orientation_search")
     if orient:
@@ -110,5 +134,7 @@ def run(args) -> int:
                   + ("" if check.passed else "  WORSE"))
     status = "passed" if result.sanity.passed else "FAILED (" + "; ".join(result.sanity.failures()) + ")"
     print(f"registered in {result.timings_s['total']:.1f} s; sanity checks {status}")
-    print(f"metric {result.initial_metric:.5g} -> {result.final_metric:.5g}; outputs in {out}")
+    print(f"metric {result.initial_metric:.5g} -> {result.final_metric:.5g} (first stage's metric at full resolution, "
+          f"lower is better); outputs in {out}")
+    print(f"report: {os.path.join(out, 'report.html')}")
     return 0 if result.sanity.passed else 3

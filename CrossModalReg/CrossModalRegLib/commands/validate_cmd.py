@@ -153,6 +153,12 @@ def _prepare_output(path):
     return path
 
 
+def registration_report_for(transform_path: str) -> str | None:
+    """The report.html that ``crossmodalreg register`` wrote beside this transform, when there is one."""
+    path = os.path.join(os.path.dirname(os.path.abspath(transform_path)), "report.html")
+    return path if os.path.isfile(path) else None
+
+
 def run(args) -> int:
     from ..provenance import sha256_of_file, write_json_atomic
     from ..tables import write_tsv
@@ -200,6 +206,9 @@ def run(args) -> int:
                       fixed_labels=fixed_labels, moving_labels=moving_labels, jacobian=args.jacobian,
                       jacobian_mask=mask, profile=profile, input_checksums=checksums)
     report.provenance["input_files"] = {k: os.path.abspath(v) for k, v in files.items() if v}
+    registration_report = registration_report_for(args.transform)
+    if registration_report:
+        report.provenance["registration_report"] = registration_report
 
     tmp = tempfile.mkdtemp(prefix=".validate-", dir=os.path.dirname(out_dir))
     try:
@@ -221,4 +230,6 @@ def run(args) -> int:
         raise
     verdict = report.verdict
     print(f"validation written to {out_dir}" + (f" (profile {profile.name}: {verdict})" if profile else ""))
+    if registration_report:
+        print(f"registration report (pictures, checks): {registration_report}")
     return 1 if args.fail_on_reject and verdict == "fail" else 0
