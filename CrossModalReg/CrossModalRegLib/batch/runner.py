@@ -177,8 +177,13 @@ def clean_stale(output_dir: str) -> list[str]:
         return removed
     for name in os.listdir(root):
         if name.startswith(STAGING_PREFIX) or name.startswith("." + STAGING_PREFIX) or _OLD_RE.search(name):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-            removed.append(name)
+            path = os.path.join(root, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+            else:  # the lock file of a case's staging folder (output_dir.OutputFolder) whose worker was killed
+                with contextlib.suppress(OSError):
+                    os.remove(path)
     return removed
 
 

@@ -61,12 +61,45 @@ def parse_overrides(items):
     return out
 
 
-def run(args) -> int:
+SEED_MAX = 2 ** 32 - 1  # numpy's and ITK's seeds are unsigned 32-bit
+
+
+def check_options(args) -> None:
+    """Refuse option values the engine cannot take, before anything is read or written."""
+    if args.threads is not None and args.threads < 0:
+        raise CrossModalRegError(f"--threads must be 0 (all cores) or a positive number, got {args.threads}")
+    if args.seed is not None and not 0 <= args.seed <= SEED_MAX:
+        raise CrossModalRegError(f"--seed must be between 0 and {SEED_MAX}, got {args.seed}")
+
+
+def read_initial_transform(path: str, dimension: int):
+    """The ``--initial-transform`` file as a SimpleITK transform of the images' dimension."""
     import SimpleITK as sitk
 
+    if not os.path.isfile(path):
+        raise CrossModalRegError(f"initial transform '{path}' does not exist")
+    try:
+        transform = sitk.ReadTransform(path)
+    except RuntimeError:
+        raise CrossModalRegError(f"--initial-transform '{path}' could not be read as an ITK transform file "
+                                 "(.h5, .tfm, .txt, .mat): give a transform written by ITK, SimpleITK or Slicer") from None
+    if transform.GetDimension() != dimension:
+        raise CrossModalRegError(f"--initial-transform '{path}' is {transform.GetDimension()}D but the images are "
+                                 f"{dimension}D")
+    return transform
+
+
+def run(args) -> int:
     from .. import engine
+    from ..output_dir import OutputFolder
     from ..pipeline import TerminalProgress, pair_by_label, read_image, read_landmarks_for, run_registration_job
 
+    inputs = {"fixed": args.fixed, "moving": args.moving, "fixed_mask": args.fixed_mask,
+              "moving_mask": args.moving_mask, "fixed_landmarks": args.fixed_landmarks,
+              "moving_landmarks": args.moving_landmarks, "initial_transform": args.initial_transform}
+    check_options(args)
+    OutputFolder(args.output_dir, overwrite=args.overwrite, inputs=list(inputs.values())).check()  # before reading
+    overrides = parse_overrides(args.set)
     fixed = read_image(args.fixed, "fixed")
     moving = read_image(args.moving, "moving")
     fixed_mask = read_image(args.fixed_mask, "fixed mask") if args.fixed_mask else None
@@ -79,21 +112,15 @@ def run(args) -> int:
         m_labels, m_pts = read_landmarks_for(moving, args.moving_landmarks, "moving")
         anhir = fixed.GetDimension() == 2 and len(f_labels) != len(m_labels)
         fl, ml, labels = pair_by_label(f_labels, f_pts, m_labels, m_pts, truncate=anhir)
-    initial = None
-    if args.initial_transform:
-        if not os.path.isfile(args.initial_transform):
-            raise CrossModalRegError(f"initial transform '{args.initial_transform}' does not exist")
-        initial = sitk.ReadTransform(args.initial_transform)
+    initial = read_initial_transform(args.initial_transform, fixed.GetDimension()) if args.initial_transform else None
     result, out = run_registration_job(
         fixed, moving, args.output_dir, preset=args.preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
         fixed_landmarks=fl, moving_landmarks=ml, landmark_labels=labels, initial_transform=initial,
-        seed=engine.DEFAULT_SEED if args.seed is None else args.seed, overrides=parse_overrides(args.set),
+        seed=engine.DEFAULT_SEED if args.seed is None else args.seed, overrides=overrides,
         rotation_search=False if args.no_rotation_search else None,
         orientation_search=False if args.no_orientation_search else None,
         progress=TerminalProgress(enabled=not args.no_progress), overwrite=args.overwrite,
-        input_files={"fixed": args.fixed, "moving": args.moving, "fixed_mask": args.fixed_mask,
-                     "moving_mask": args.moving_mask, "fixed_landmarks": args.fixed_landmarks,
-                     "moving_landmarks": args.moving_landmarks, "initial_transform": args.initial_transform},
+        input_files=inputs,
         use_landmarks_for_initialization=args.landmarks_for == "initialization", strict=not args.keep_failed,
         threads=args.threads or None,
     )
