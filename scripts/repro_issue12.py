@@ -159,7 +159,7 @@ def main(work):
                                     "id3.tfm", "--fixed-landmarks", "text.mrk.json", "--moving-landmarks",
                                     "fl.mrk.json", "--output-dir", "o8b"],
         "read-only parent": base + ["--output-dir", "ro/out"],
-        "250-character name works": base + ["--output-dir", "x" * 250],
+        "250-character name": base + ["--output-dir", "x" * 250],
         "300-character name": base + ["--output-dir", "y" * 300],
         "negative iterations --set": base + ["--set", "stages.0.optimizer.iterations=-5", "--output-dir", "o9"],
         "wrong type --set": base + ["--set", "stages.0.optimizer.iterations=\"many\"", "--output-dir", "o10"],

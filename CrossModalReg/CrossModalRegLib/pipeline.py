@@ -24,7 +24,7 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
-from . import engine
+from . import engine, signals
 from .errors import CrossModalRegError
 from .image_io import read_image  # noqa: F401  (re-exported: the commands and batch read inputs from here)
 from .output_dir import OutputFolder
@@ -158,14 +158,15 @@ def _register_and_write(tmp, fixed, moving, *, preset, fixed_mask, moving_mask, 
     from .scene_io import save_scene
     from .scene_registration import METRIC_TRACE_COLUMNS, _embed_3d
 
-    result = engine.register(
-        fixed, moving, preset=preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
-        fixed_landmarks=fixed_landmarks if use_landmarks_for_initialization else None,
-        moving_landmarks=moving_landmarks if use_landmarks_for_initialization else None,
-        initial_transform_fixed_to_moving=initial_transform, seed=seed, overrides=overrides,
-        rotation_search=rotation_search, orientation_search=orientation_search, progress=progress, cancel=cancel,
-        strict=strict and fixed_landmarks is None, threads=threads,
-    )
+    with signals.deferred():  # a signal stops the ITK optimisers through the cancel check, not mid-callback
+        result = engine.register(
+            fixed, moving, preset=preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
+            fixed_landmarks=fixed_landmarks if use_landmarks_for_initialization else None,
+            moving_landmarks=moving_landmarks if use_landmarks_for_initialization else None,
+            initial_transform_fixed_to_moving=initial_transform, seed=seed, overrides=overrides,
+            rotation_search=rotation_search, orientation_search=orientation_search, progress=progress,
+            cancel=signals.with_signals(cancel), strict=strict and fixed_landmarks is None, threads=threads,
+        )
     tx = result.transform_fixed_to_moving_lps
     if fixed_landmarks is not None and moving_landmarks is not None:
         check = landmark_check(tx, fixed_landmarks, moving_landmarks,

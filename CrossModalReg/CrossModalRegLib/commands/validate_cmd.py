@@ -123,10 +123,20 @@ def read_landmarks_csv(path):
 
 def read_landmarks_markups(path, scene):
     """LandmarkSet (LPS) from a Slicer ``.mrk.json`` file, read by Slicer's own storage node."""
+    import json
+
     import slicer
 
+    from ..landmarks.fileio import check_mrk_json
     from ..validation.scene import landmark_set_from_markups
 
+    try:  # Slicer's reader logs warnings and drops what it cannot read: check the structure first
+        with open(path, encoding="utf-8") as f:
+            check_mrk_json(json.load(f), path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, CrossModalRegError):
+            raise
+        raise CrossModalRegError(f"{path} is not valid JSON: {exc}") from None
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
     storage = slicer.vtkMRMLMarkupsJsonStorageNode()
     storage.SetFileName(path)
