@@ -248,9 +248,16 @@ def replace_folder(staging: str, final: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_output_folder(path: str, *, inputs=(), option: str = "--output-dir", reuse: bool = True) -> str:
-    """The checks of :meth:`OutputFolder.check` for a folder that is filled incrementally (batch: ``reuse``d to
-    resume), so only: not a file, not the working folder or its parents, no input inside. Returns the path."""
-    folder = OutputFolder(path, overwrite=reuse, inputs=inputs, option=option)
-    folder.check()
-    return folder.final
+def check_reused_folder(path: str, *, inputs=(), replaced: str = "", option: str = "--output-dir") -> str:
+    """The checks for a folder filled incrementally and reused to resume (batch), which is never replaced as a
+    whole: not an existing file, and no input inside its sub-folder ``replaced`` (whose entries are replaced).
+    Returns the absolute path."""
+    final = os.path.abspath(path)
+    if os.path.lexists(final) and not os.path.isdir(final):
+        raise CrossModalRegError(f"{option} '{final}' is an existing file, not a folder: choose a folder name")
+    sub = os.path.realpath(os.path.join(final, replaced))
+    for p in inputs:
+        if p and _inside(os.path.realpath(os.path.abspath(p)), sub):
+            raise CrossModalRegError(f"input '{p}' lies inside '{sub}', whose folders this run replaces: move it "
+                                     f"out or choose another {option}")
+    return final

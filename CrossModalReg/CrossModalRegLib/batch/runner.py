@@ -280,6 +280,9 @@ def run_cohort(cohort, output_dir: str, *, workers: int | None = None, scheduler
         raise CrossModalRegError(f"verify must be checksum, size or exists, got '{verify}'")
     options = CaseOptions(default_preset=default_preset, overrides=dict(overrides or {}), profile=profile,
                           pictures=pictures, itk_threads=int(itk_threads))
+    from ..output_dir import check_reused_folder
+
+    check_reused_folder(output_dir, inputs=[p for c in cases for p in c.files().values()], replaced="cases")
     os.makedirs(os.path.join(output_dir, "cases"), exist_ok=True)
     run = CohortRun(output_dir=output_dir, records=[])
     prog = CohortProgress(len(cases), stream=stream, enabled=progress)
