@@ -288,3 +288,41 @@ def test_validate_with_a_transform_of_the_other_dimension_is_one_line(files, cap
     code = cli.main(_validate(files, files / "out", transform=transform, fixed=fixed))
     assert expected in one_error_line(capsys, code)
     assert not (files / "out").exists()
+
+
+def _session(files, capsys):
+    session = files / "session"
+    code = cli.main(["landmarks", "import", str(session), "--image", f"f={files / 'f.nii.gz'}", "--annotator",
+                     f"A=f:{files / 'fl.mrk.json'}", "--annotator", f"B=f:{files / 'fl.mrk.json'}"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    return session
+
+
+@pytest.mark.parametrize("drop, expected", [("annotator", "no 'annotator'"), ("image", "no 'image'"),
+                                            ("position", "must be 3 numbers")])
+def test_landmarks_stats_on_annotation_files_missing_a_field_is_one_line(files, capsys, drop, expected):
+    session = _session(files, capsys)
+    ann = sorted((session / "annotations").glob("*.json"))[0]
+    data = json.loads(ann.read_text())
+    if drop == "position":
+        data["points"][0]["position"] = "here"
+    else:
+        del data[drop]
+    ann.write_text(json.dumps(data))
+    code = cli.main(["landmarks", "stats", str(session), "--output-dir", str(files / "stats")])
+    assert expected in one_error_line(capsys, code)
+    assert not (files / "stats").exists()
+
+
+def test_landmarks_import_and_stats_use_the_output_protocol(files, capsys):
+    session = _session(files, capsys)
+    assert not [n for n in os.listdir(files) if ".partial-" in n or n.endswith(".lock")]
+    stats = files / "stats"
+    assert cli.main(["landmarks", "stats", str(session), "--output-dir", str(stats)]) == 0
+    code = cli.main(["landmarks", "stats", str(session), "--output-dir", str(stats)])
+    assert "not empty" in one_error_line(capsys, code)
+    code = cli.main(["landmarks", "stats", str(session), "--output-dir", str(session / "annotations"),
+                     "--overwrite"])
+    assert "inside the input folder" in one_error_line(capsys, code)
+    assert len(list((session / "annotations").glob("*.json"))) == 2

@@ -7,7 +7,8 @@
 Rules, in the order they apply:
 
 * :meth:`OutputFolder.check` (no change on disk): the output must not be an existing file, must not be the
-  working folder or one of its ancestors, must not contain any input file, and must be absent or empty unless
+  working folder or one of its ancestors, must not contain any input nor lie inside an input folder (a landmark
+  session), and must be absent or empty unless
   ``overwrite``; its name must fit the file system.
 * entering: the missing parent folders are created (and removed again, if still empty, when the run fails); a lock
   ``.NAME.lock`` beside the output is taken with ``fcntl.flock`` for the whole run, so a second run on the same
@@ -97,6 +98,9 @@ class OutputFolder:
             if _inside(os.path.realpath(os.path.abspath(p)), real):
                 raise CrossModalRegError(f"{opt} '{final}' contains the input '{p}': the output folder is replaced "
                                          "as a whole, so choose an output folder that holds none of the inputs")
+            if os.path.isdir(p) and _inside(real, os.path.realpath(p)):
+                raise CrossModalRegError(f"{opt} '{final}' lies inside the input folder '{p}': it would replace "
+                                         "part of it; choose an output folder outside it")
         name = os.path.basename(final)
         limit = self._name_max()
         if len(name.encode()) > limit:
