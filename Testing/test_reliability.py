@@ -326,3 +326,24 @@ def test_landmarks_import_and_stats_use_the_output_protocol(files, capsys):
                      "--overwrite"])
     assert "inside the input folder" in one_error_line(capsys, code)
     assert len(list((session / "annotations").glob("*.json"))) == 2
+
+
+RUNAWAY = ["--set", "stages.0.optimizer.learning_rate=1000", "--set", "stages.0.optimizer.min_step=1"]
+
+
+def test_an_optimiser_that_moves_the_images_apart_is_exit_3_in_the_users_words(files, capsys):
+    code = cli.main(register_args(files, files / "out", *RUNAWAY, "--keep-failed"))
+    line = one_error_line(capsys, code, want=3)
+    assert "moved the images apart" in line and "try a smaller learning rate" in line
+    assert "ITK" not in line and "MutualInformation" not in line and "buffer" not in line
+    assert "--keep-failed kept nothing" in line  # says why nothing was kept
+    assert not (files / "out").exists()
+
+
+def test_keep_failed_says_what_it_kept(files, capsys):
+    code = cli.main(["register", "--fixed", str(files / "f.nii.gz"), "--moving", str(files / "m.nii.gz"),
+                     "--preset", "multimodal-affine", "--no-progress", "--keep-failed", "--output-dir",
+                     str(files / "kept")])
+    assert code == 3
+    assert f"--keep-failed: the FAILED result was kept in {files / 'kept'}" in capsys.readouterr().out
+    assert json.loads((files / "kept" / "registration.json").read_text())["sanity"]["passed"] is False

@@ -493,6 +493,7 @@ def register(
                 it = method.GetOptimizerIteration()
                 value = method.GetMetricValue()
                 position = method.GetOptimizerPosition()  # copied now: the optimiser forgets it after the run
+                state["position"] = position  # where the optimiser was, should ITK fail at the next step
                 result.metric_trace.append(MetricSample(si, stage_type, int(level), int(it), float(value)))
                 within = level_start[level] + level_width[level] * min(1.0, (it + 1) / max(max_iter, 1))
                 tracker.update(
@@ -512,13 +513,8 @@ def register(
             except RuntimeError as exc:
                 if state["cancelled"] or cancelled():
                     raise RegistrationCancelled() from None
-                reason = _short_itk_error(exc)
-                if "overlap" in reason or "outside" in reason:
-                    # The start overlapped (checked before): the optimiser itself moved the images apart.
-                    raise RegistrationFailed(
-                        f"the {stage_type} optimiser moved the images apart ({reason}); try a smaller learning "
-                        "rate, landmark initialisation or masks", [reason], None) from None
-                raise CrossModalRegError(f"{stage_type} stage could not run: {reason}") from exc
+                raise _stage_error(stage_type, exc, state.get("position"), make_preview, fixed_img,
+                                   moving_img) from None
             if state["cancelled"] or cancelled():
                 raise RegistrationCancelled()
             result.stop_conditions.append(f"{stage_type}: {method.GetOptimizerStopConditionDescription()}")
@@ -881,6 +877,33 @@ def _copy_transform(tx: sitk.Transform) -> sitk.Transform:
     copy = sitk.Transform(tx)
     copy.MakeUnique()
     return copy
+
+
+DIVERGED_PARAMETER = 1e6  # a transform parameter (mm, or a matrix entry) this large: the optimiser ran away
+APART_OVERLAP = 0.05  # fraction of the fixed foreground still inside the moving image: below it, "moved apart"
+
+
+def _stage_error(stage_type, exc, position, make_preview, fixed_img, moving_img):
+    """The user's error for an ITK failure in the middle of a stage, judged from where the optimiser last was (its
+    parameters and the overlap they leave), not from ITK's text ("Refusing to change spacing ... -2.43e+37", "All
+    samples map outside moving image buffer", "VirtualSampledPointSet ..."), which is kept only as a detail."""
+    from .initialization import overlap_fraction
+
+    advice = "try a smaller learning rate, landmark initialisation, an initial transform or masks"
+    if position is not None:
+        pos = np.asarray(position, dtype=float)
+        if not np.all(np.isfinite(pos)) or np.abs(pos).max() > DIVERGED_PARAMETER:
+            return RegistrationFailed(f"the {stage_type} optimiser diverged (a transform parameter reached "
+                                      f"{np.nanmax(np.abs(pos)):.3g}): {advice}", ["diverged"], None)
+        try:
+            frac = overlap_fraction(fixed_img, moving_img, make_preview(position), max_points=4000)
+        except (RuntimeError, np.linalg.LinAlgError):
+            frac = 0.0
+        if frac < APART_OVERLAP:
+            return RegistrationFailed(f"the {stage_type} optimiser moved the images apart ({100 * frac:.1f}% of the "
+                                      f"fixed image still overlaps the moving one): {advice}", ["moved apart"], None)
+    return CrossModalRegError(f"the {stage_type} stage could not run on these images ({advice}); ITK said: "
+                              f"{_short_itk_error(exc)}")
 
 
 def _short_itk_error(exc: Exception) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..errors import CrossModalRegError
+from ..errors import CrossModalRegError, RegistrationFailed
 
 
 def add_parser(sub):
@@ -113,17 +113,34 @@ def run(args) -> int:
         anhir = fixed.GetDimension() == 2 and len(f_labels) != len(m_labels)
         fl, ml, labels = pair_by_label(f_labels, f_pts, m_labels, m_pts, truncate=anhir)
     initial = read_initial_transform(args.initial_transform, fixed.GetDimension()) if args.initial_transform else None
-    result, out = run_registration_job(
+    try:
+        result, out = _run_job(args, run_registration_job, fixed, moving, fixed_mask, moving_mask, fl, ml, labels,
+                               initial, overrides, inputs, TerminalProgress, engine.DEFAULT_SEED)
+    except RegistrationFailed as exc:
+        if args.keep_failed and exc.result is None:
+            raise RegistrationFailed(f"{exc}; --keep-failed kept nothing: the optimiser stopped without a result to "
+                                     "write", exc.report) from None
+        raise
+    _print_summary(result, out, args.keep_failed)
+    return 0 if result.sanity.passed else 3
+
+
+def _run_job(args, run_registration_job, fixed, moving, fixed_mask, moving_mask, fl, ml, labels, initial, overrides,
+             inputs, progress, default_seed):
+    return run_registration_job(
         fixed, moving, args.output_dir, preset=args.preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
         fixed_landmarks=fl, moving_landmarks=ml, landmark_labels=labels, initial_transform=initial,
-        seed=engine.DEFAULT_SEED if args.seed is None else args.seed, overrides=overrides,
+        seed=default_seed if args.seed is None else args.seed, overrides=overrides,
         rotation_search=False if args.no_rotation_search else None,
         orientation_search=False if args.no_orientation_search else None,
-        progress=TerminalProgress(enabled=not args.no_progress), overwrite=args.overwrite,
+        progress=progress(enabled=not args.no_progress), overwrite=args.overwrite,
         input_files=inputs,
         use_landmarks_for_initialization=args.landmarks_for == "initialization", strict=not args.keep_failed,
         threads=args.threads or None,
     )
+
+
+def _print_summary(result, out, keep_failed):
     orient = result.initialization.get("orientation_search")
     if orient:
         print(f"orientation search ({orient['orientations']} axis-aligned orientations): "
@@ -138,4 +155,5 @@ def run(args) -> int:
     status = "passed" if result.sanity.passed else "FAILED (" + "; ".join(result.sanity.failures()) + ")"
     print(f"registered in {result.timings_s['total']:.1f} s; sanity checks {status}")
     print(f"metric {result.initial_metric:.5g} -> {result.final_metric:.5g}; outputs in {out}")
-    return 0 if result.sanity.passed else 3
+    if keep_failed and not result.sanity.passed:
+        print(f"--keep-failed: the FAILED result was kept in {out} (registration.json: sanity.passed false)")
