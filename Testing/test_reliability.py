@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -347,3 +348,29 @@ def test_keep_failed_says_what_it_kept(files, capsys):
     assert code == 3
     assert f"--keep-failed: the FAILED result was kept in {files / 'kept'}" in capsys.readouterr().out
     assert json.loads((files / "kept" / "registration.json").read_text())["sanity"]["passed"] is False
+
+
+def test_ctrl_c_on_a_batch_stops_it_with_one_line_no_dask_traceback_and_no_staging_left(files):
+    pytest.importorskip("distributed")
+    (files / "cohort.csv").write_text("case_id,fixed,moving\nc1,f.nii.gz,m.nii.gz\nc2,f.nii.gz,m.nii.gz\n")
+    out = files / "batch"
+    p = subprocess.Popen([sys.executable, "-m", "CrossModalRegLib.cli", "batch", str(files / "cohort.csv"),
+                          "--output-dir", str(out), "--workers", "2", "--no-pictures", *SLOW_AFFINE[:2],
+                          *SLOW_AFFINE[4:]], env=ENV, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and p.poll() is None:
+            if os.path.isdir(out / "cases") and any(".partial-" in n for n in os.listdir(out / "cases")):
+                break  # a case is registering
+            time.sleep(0.1)
+        assert p.poll() is None, p.communicate()
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1] == "crossmodalreg: interrupted by SIGINT: stopped, nothing half-written left behind"
+    assert [n for n in os.listdir(out / "cases") if n.startswith(".")] == []
