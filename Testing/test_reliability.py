@@ -374,3 +374,44 @@ def test_ctrl_c_on_a_batch_stops_it_with_one_line_no_dask_traceback_and_no_stagi
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.strip().splitlines()[-1] == "crossmodalreg: interrupted by SIGINT: stopped, nothing half-written left behind"
     assert [n for n in os.listdir(out / "cases") if n.startswith(".")] == []
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("stages.0.sampling.samples_per_level=[1,1,1]", "only 1 metric sample(s)"),  # ITK: "Refusing to change spacing"
+    ("stages.0.level_spacing_mm=[80,40,20]", "metric sample(s)"),  # ITK: "VirtualSampledPointSet must have ..."
+])
+def test_raw_itk_messages_of_unworkable_levels_become_the_presets_words(files, capsys, setting, expected):
+    code = cli.main(register_args(files, files / "out", "--set", setting))
+    line = one_error_line(capsys, code)
+    assert expected in line and "stages.0 (rigid) level 1" in line
+    assert "ITK" not in line and "Refusing" not in line and "VirtualSampledPointSet" not in line
+
+
+def test_sigkill_leaves_staging_that_the_next_run_removes(files):
+    out = files / "killed"
+    p = subprocess.Popen([sys.executable, "-m", "CrossModalRegLib.cli", "register", "--fixed", str(files / "f.nii.gz"),
+                          "--moving", str(files / "m.nii.gz"), *SLOW_AFFINE, "--output-dir", str(out)],
+                         env=ENV, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:
+        if "affine level" in line:
+            p.kill()
+            break
+    p.wait(timeout=30)
+    left = [n for n in os.listdir(files) if n.startswith(".killed.partial-")]
+    assert left and not out.exists()  # SIGKILL cannot be handled: the staging stays
+    assert cli.main(register_args(files, out)) == 0
+    assert [n for n in os.listdir(files) if n.startswith(".killed.")] == []
+
+
+def test_batch_checks_preset_cells_and_set_before_running_anything(files, capsys):
+    cohort = files / "cohort.csv"
+    cohort.write_text("case_id,fixed,moving,preset\nc1,f.nii.gz,m.nii.gz,\nc2,f.nii.gz,m.nii.gz,no-such-preset\n")
+    out = files / "batch"
+    code = cli.main(["batch", str(cohort), "--output-dir", str(out), "--no-progress"])
+    assert "row 2" in one_error_line(capsys, code) and not out.exists()
+    _cohort(files)
+    for setting, expected in (("stages.3.optimizer.iterations=3", "stages"),
+                              ("stages.0.optimizer.iterations=-1", "iterations"),
+                              ('stages.0.optimizer.iterations="x"', "iterations")):
+        code = cli.main(["batch", str(cohort), "--output-dir", str(out), "--no-progress", "--set", setting])
+        assert expected in one_error_line(capsys, code) and not out.exists()

@@ -550,6 +550,7 @@ def register(
                 m_l = _pyramid_level(pyramid_cache, "moving", moving_p, factor, sigma, reference_spacing=fixed_p)
                 n_level = float(np.prod(f_l.GetSize()))
                 n_wanted = pcts[level] * np.prod(fixed_p.GetSize()) / factor ** dim
+                _check_level_samples(stage_type, si, level, f_l, min(n_wanted, n_level))
                 method = make_method([min(1.0, n_wanted / n_level)], si * 16 + level)
                 method.SetInitialTransform(stage_tx, inPlace=True)
                 _set_optimizer(method, stage.get("optimizer", {}), stage_type)
@@ -575,6 +576,7 @@ def register(
             pcts = _sampling_percentages(fixed_p, stage)
             for level, f_l, m_l, level_tx in _bspline_levels(stage, fixed_p, moving_p, mesh, pyramid_cache, cancelled):
                 n_wanted = pcts[level] * np.prod(fixed_p.GetSize()) / float(shrink[level]) ** dim
+                _check_level_samples(stage_type, si, level, f_l, min(n_wanted, float(np.prod(f_l.GetSize()))))
                 method = make_method([min(1.0, n_wanted / float(np.prod(f_l.GetSize())))], si * 16 + level)
                 method.SetMovingInitialTransform(_copy_transform(linear))
                 method.SetInitialTransform(level_tx, inPlace=True)
@@ -877,6 +879,25 @@ def _copy_transform(tx: sitk.Transform) -> sitk.Transform:
     copy = sitk.Transform(tx)
     copy.MakeUnique()
     return copy
+
+
+MIN_LEVEL_SAMPLES = 20  # fewer metric samples on a level: ITK fails with "Refusing to change spacing ..." or
+MIN_LEVEL_VOXELS = 4  # "VirtualSampledPointSet must have 1 or more points"; so does a level grid this narrow
+
+
+def _check_level_samples(stage_type, si, level, level_image, n_samples):
+    """Refuse a level that has too few metric samples or too narrow a grid, in the preset's words (before ITK)."""
+    size = level_image.GetSize()
+    spacing = ", ".join(f"{v:.3g}" for v in level_image.GetSpacing())
+    where = f"stages.{si} ({stage_type}) level {level + 1}"
+    if min(size) < MIN_LEVEL_VOXELS:
+        raise CrossModalRegError(f"{where}: the image shrinks to {' x '.join(map(str, size))} voxels of {spacing} mm "
+                                 f"(fewer than {MIN_LEVEL_VOXELS} along an axis): use a smaller "
+                                 f"stages.{si}.level_spacing_mm (or shrink_factors) for this image size")
+    if n_samples < MIN_LEVEL_SAMPLES:
+        raise CrossModalRegError(f"{where}: only {int(n_samples)} metric sample(s) (at least {MIN_LEVEL_SAMPLES} "
+                                 f"needed): raise stages.{si}.sampling.samples_per_level (or percentage) or use a "
+                                 f"finer stages.{si}.level_spacing_mm")
 
 
 DIVERGED_PARAMETER = 1e6  # a transform parameter (mm, or a matrix entry) this large: the optimiser ran away
