@@ -415,3 +415,25 @@ def test_batch_checks_preset_cells_and_set_before_running_anything(files, capsys
                               ('stages.0.optimizer.iterations="x"', "iterations")):
         code = cli.main(["batch", str(cohort), "--output-dir", str(out), "--no-progress", "--set", setting])
         assert expected in one_error_line(capsys, code) and not out.exists()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_itk_threads_is_what_itk_runs_the_optimiser_with(files, monkeypatch, threads):
+    """`batch --itk-threads N`: ITK's thread count at the moment each optimisation executes, seen from inside."""
+    from CrossModalRegLib.batch.case import CaseOptions, run_case
+    from CrossModalRegLib.batch.cohort import read_cohort
+
+    seen = []
+    execute = sitk.ImageRegistrationMethod.Execute
+
+    def spy(self, *args):
+        seen.append(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+        return execute(self, *args)
+
+    monkeypatch.setattr(sitk.ImageRegistrationMethod, "Execute", spy)
+    case = read_cohort(str(_cohort(files)))[0]
+    overrides = {"stages.0.optimizer.iterations": 15, "initialization.rotation_search.enabled": False,
+                 "initialization.orientation_search.enabled": False}
+    record = run_case(case, str(files / "out"), CaseOptions(overrides=overrides, pictures=False, itk_threads=threads))
+    assert record["itk_threads"] == threads and record["status"] in ("ok", "failed")
+    assert len(seen) >= 3 and set(seen) == {threads}, seen
