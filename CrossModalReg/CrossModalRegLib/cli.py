@@ -53,7 +53,13 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    signals.install()
+    with signals.installed():
+        return _run(args)
+
+
+def _run(args) -> int:
+    from . import signals
+
     try:
         return int(args.func(args) or 0)
     except CrossModalRegError as exc:

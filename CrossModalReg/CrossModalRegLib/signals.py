@@ -1,6 +1,6 @@
 """SIGINT / SIGTERM for the command line: exit 130 / 143 with one line and nothing half-written.
 
-:func:`install` (called by ``cli.main``) makes both signals raise :class:`Interrupted` (a ``KeyboardInterrupt``, so
+:func:`installed` (around ``cli.main``) makes both signals raise :class:`Interrupted` (a ``KeyboardInterrupt``, so
 every ``except KeyboardInterrupt`` and ``finally`` cleans up as for Ctrl-C). Inside :func:`deferred` (the
 registration engine, whose ITK optimisers call back into Python) a signal is only recorded: an exception raised in
 an ITK callback would be printed by SWIG and turned into an ITK error ("... could not run ... Python Callable").
@@ -27,7 +27,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def received() -> int | None:
-    """The signal received since :func:`install` (or None)."""
+    """The signal received since :func:`installed` was entered (or None)."""
     return _state["signum"]
 
 
@@ -44,13 +44,20 @@ def _handler(signum, frame):
         _raise_once()
 
 
-def install() -> None:
-    """Handle SIGINT and SIGTERM as described above (main thread only; elsewhere nothing changes)."""
+@contextlib.contextmanager
+def installed():
+    """Handle SIGINT and SIGTERM as described above inside the block, then restore the previous handlers (main
+    thread only; elsewhere nothing changes)."""
     if threading.current_thread() is not threading.main_thread():
+        yield
         return
     _state.update(signum=None, deferred=0, raised=False)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _handler)
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
