@@ -437,3 +437,20 @@ def test_batch_itk_threads_is_what_itk_runs_the_optimiser_with(files, monkeypatc
     record = run_case(case, str(files / "out"), CaseOptions(overrides=overrides, pictures=False, itk_threads=threads))
     assert record["itk_threads"] == threads and record["status"] in ("ok", "failed")
     assert len(seen) >= 3 and set(seen) == {threads}, seen
+
+
+def test_two_processes_on_one_output_folder_the_second_refuses_while_the_first_runs(files, capsys):
+    out = files / "shared"
+    first = subprocess.Popen([sys.executable, "-m", "CrossModalRegLib.cli", "register", "--fixed",
+                              str(files / "f.nii.gz"), "--moving", str(files / "m.nii.gz"), *SLOW_AFFINE,
+                              "--output-dir", str(out)], env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stderr:
+            if "affine level" in line:
+                break
+        code = cli.main(register_args(files, out, "--overwrite"))
+        assert "being written by another run" in one_error_line(capsys, code)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert first.returncode == 143 and not out.exists()
