@@ -143,22 +143,27 @@ class OutputFolder:
             try:
                 self._commit()
             except OSError as err:
+                translated = self._translated(err)
                 self._cleanup()
-                raise self._translated(err) or err from None
+                raise translated or err from None
             self._release()
             self._created = []  # a finished output keeps the parents made for it
             return False
+        translated = self._translated(exc) if isinstance(exc, OSError) else None
         self._cleanup()
-        if isinstance(exc, OSError):
-            translated = self._translated(exc)
-            if translated is not None:
-                raise translated from None
+        if translated is not None:
+            raise translated from None
         return False
 
     def _translated(self, exc: OSError):
-        """A CrossModalRegError for a file-system error of this output, or None (not ours: raise it as it is)."""
+        """A CrossModalRegError for a file-system error of this output (a full disk, or an error on a path of the
+        staging folder, the lock or the output), or None: not ours (an input's, say), raised as it is."""
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        ours = exc.filename is not None and _inside(os.path.abspath(os.fsdecode(exc.filename)), self.parent)
+        ours = False
+        if exc.filename is not None:
+            path = os.path.abspath(os.fsdecode(exc.filename))
+            ours = path == self.lock_path or _inside(path, self.final) or bool(
+                self.staging and _inside(path, self.staging))
         msg = fs_error_message(exc, self.final) if (full or ours) else None
         return CrossModalRegError(f"{self.option}: {msg}; nothing was written") if msg else None
 
