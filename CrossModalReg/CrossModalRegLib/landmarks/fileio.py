@@ -264,8 +264,8 @@ def check_mrk_json(data, path: str) -> dict:
         if not isinstance(cp, dict):
             raise CrossModalRegError(f"{path}: control point {i + 1} must be an object {{...}}, got {cp!r:.40}")
         pos = cp.get("position")
-        if pos is None:
-            continue
+        if pos is None or cp.get("positionStatus", "defined") != "defined":
+            continue  # an unplaced point: Slicer writes its position as "" and readers skip it
         if not isinstance(pos, list) or len(pos) != 3 or not all(_is_number(v) for v in pos):
             raise CrossModalRegError(f"{path}: control point '{cp.get('label', i + 1)}' has position {pos!r:.60}; "
                                      "a position is 3 numbers [x, y, z] in mm")
