@@ -2,13 +2,15 @@
 
 Each sub-command lives in its own module that defines ``add_parser(subparsers)``; the parser's ``func``
 takes the parsed arguments and returns the exit code. Bad input prints one line ``crossmodalreg: error: ...``
-and exits with 2, having written nothing.
+and exits with 2, having written nothing; a failed registration exits 3; SIGINT/SIGTERM exit 130/143
+(:mod:`.signals`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from .errors import CrossModalRegError, RegistrationCancelled, RegistrationFailed
@@ -47,8 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from . import signals
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    with signals.installed():
+        return _run(args)
+
+
+def _run(args) -> int:
+    from . import signals
+
     try:
         return int(args.func(args) or 0)
     except CrossModalRegError as exc:
@@ -57,12 +68,14 @@ def main(argv=None) -> int:
     except RegistrationFailed as exc:
         print(f"crossmodalreg: registration failed: {exc}", file=sys.stderr)
         return 3
-    except RegistrationCancelled:
-        print("crossmodalreg: cancelled", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("crossmodalreg: interrupted", file=sys.stderr)
-        return 130
+    except (RegistrationCancelled, KeyboardInterrupt) as exc:
+        if isinstance(exc, RegistrationCancelled) and signals.received() is None:
+            print("crossmodalreg: cancelled", file=sys.stderr)
+            return 130
+        signum = signals.received() or signal.SIGINT
+        name = signal.Signals(signum).name
+        print(f"crossmodalreg: interrupted by {name}: stopped, nothing half-written left behind", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -493,6 +493,7 @@ def register(
                 it = method.GetOptimizerIteration()
                 value = method.GetMetricValue()
                 position = method.GetOptimizerPosition()  # copied now: the optimiser forgets it after the run
+                state["position"] = position  # where the optimiser was, should ITK fail at the next step
                 result.metric_trace.append(MetricSample(si, stage_type, int(level), int(it), float(value)))
                 within = level_start[level] + level_width[level] * min(1.0, (it + 1) / max(max_iter, 1))
                 tracker.update(
@@ -512,13 +513,8 @@ def register(
             except RuntimeError as exc:
                 if state["cancelled"] or cancelled():
                     raise RegistrationCancelled() from None
-                reason = _short_itk_error(exc)
-                if "overlap" in reason or "outside" in reason:
-                    # The start overlapped (checked before): the optimiser itself moved the images apart.
-                    raise RegistrationFailed(
-                        f"the {stage_type} optimiser moved the images apart ({reason}); try a smaller learning "
-                        "rate, landmark initialisation or masks", [reason], None) from None
-                raise CrossModalRegError(f"{stage_type} stage could not run: {reason}") from exc
+                raise _stage_error(stage_type, exc, state.get("position"), make_preview, fixed_img,
+                                   moving_img) from None
             if state["cancelled"] or cancelled():
                 raise RegistrationCancelled()
             result.stop_conditions.append(f"{stage_type}: {method.GetOptimizerStopConditionDescription()}")
@@ -554,6 +550,7 @@ def register(
                 m_l = _pyramid_level(pyramid_cache, "moving", moving_p, factor, sigma, reference_spacing=fixed_p)
                 n_level = float(np.prod(f_l.GetSize()))
                 n_wanted = pcts[level] * np.prod(fixed_p.GetSize()) / factor ** dim
+                _check_level_samples(stage_type, si, level, f_l, min(n_wanted, n_level))
                 method = make_method([min(1.0, n_wanted / n_level)], si * 16 + level)
                 method.SetInitialTransform(stage_tx, inPlace=True)
                 _set_optimizer(method, stage.get("optimizer", {}), stage_type)
@@ -579,6 +576,7 @@ def register(
             pcts = _sampling_percentages(fixed_p, stage)
             for level, f_l, m_l, level_tx in _bspline_levels(stage, fixed_p, moving_p, mesh, pyramid_cache, cancelled):
                 n_wanted = pcts[level] * np.prod(fixed_p.GetSize()) / float(shrink[level]) ** dim
+                _check_level_samples(stage_type, si, level, f_l, min(n_wanted, float(np.prod(f_l.GetSize()))))
                 method = make_method([min(1.0, n_wanted / float(np.prod(f_l.GetSize())))], si * 16 + level)
                 method.SetMovingInitialTransform(_copy_transform(linear))
                 method.SetInitialTransform(level_tx, inPlace=True)
@@ -881,6 +879,52 @@ def _copy_transform(tx: sitk.Transform) -> sitk.Transform:
     copy = sitk.Transform(tx)
     copy.MakeUnique()
     return copy
+
+
+MIN_LEVEL_SAMPLES = 20  # fewer metric samples on a level: ITK fails with "Refusing to change spacing ..." or
+MIN_LEVEL_VOXELS = 4  # "VirtualSampledPointSet must have 1 or more points"; so does a level grid this narrow
+
+
+def _check_level_samples(stage_type, si, level, level_image, n_samples):
+    """Refuse a level that has too few metric samples or too narrow a grid, in the preset's words (before ITK)."""
+    size = level_image.GetSize()
+    spacing = ", ".join(f"{v:.3g}" for v in level_image.GetSpacing())
+    where = f"stages.{si} ({stage_type}) level {level + 1}"
+    if min(size) < MIN_LEVEL_VOXELS:
+        raise CrossModalRegError(f"{where}: the image shrinks to {' x '.join(map(str, size))} voxels of {spacing} mm "
+                                 f"(fewer than {MIN_LEVEL_VOXELS} along an axis): use a smaller "
+                                 f"stages.{si}.level_spacing_mm (or shrink_factors) for this image size")
+    if n_samples < MIN_LEVEL_SAMPLES:
+        raise CrossModalRegError(f"{where}: only {int(n_samples)} metric sample(s) (at least {MIN_LEVEL_SAMPLES} "
+                                 f"needed): raise stages.{si}.sampling.samples_per_level (or percentage) or use a "
+                                 f"finer stages.{si}.level_spacing_mm")
+
+
+DIVERGED_PARAMETER = 1e6  # a transform parameter (mm, or a matrix entry) this large: the optimiser ran away
+APART_OVERLAP = 0.05  # fraction of the fixed foreground still inside the moving image: below it, "moved apart"
+
+
+def _stage_error(stage_type, exc, position, make_preview, fixed_img, moving_img):
+    """The user's error for an ITK failure in the middle of a stage, judged from where the optimiser last was (its
+    parameters and the overlap they leave), not from ITK's text ("Refusing to change spacing ... -2.43e+37", "All
+    samples map outside moving image buffer", "VirtualSampledPointSet ..."), which is kept only as a detail."""
+    from .initialization import overlap_fraction
+
+    advice = "try a smaller learning rate, landmark initialisation, an initial transform or masks"
+    if position is not None:
+        pos = np.asarray(position, dtype=float)
+        if not np.all(np.isfinite(pos)) or np.abs(pos).max() > DIVERGED_PARAMETER:
+            return RegistrationFailed(f"the {stage_type} optimiser diverged (a transform parameter reached "
+                                      f"{np.nanmax(np.abs(pos)):.3g}): {advice}", ["diverged"], None)
+        try:
+            frac = overlap_fraction(fixed_img, moving_img, make_preview(position), max_points=4000)
+        except (RuntimeError, np.linalg.LinAlgError):
+            frac = 0.0
+        if frac < APART_OVERLAP:
+            return RegistrationFailed(f"the {stage_type} optimiser moved the images apart ({100 * frac:.1f}% of the "
+                                      f"fixed image still overlaps the moving one): {advice}", ["moved apart"], None)
+    return CrossModalRegError(f"the {stage_type} stage could not run on these images ({advice}); ITK said: "
+                              f"{_short_itk_error(exc)}")
 
 
 def _short_itk_error(exc: Exception) -> str:

@@ -18,17 +18,16 @@ cancel leaves no half-written output (and an existing output folder is never ove
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
 import SimpleITK as sitk
 
-from . import engine
+from . import engine, signals
 from .errors import CrossModalRegError
 from .image_io import read_image  # noqa: F401  (re-exported: the commands and batch read inputs from here)
+from .output_dir import OutputFolder
 from .provenance import sha256_of_file, write_json_atomic
 from .tables import write_tsv
 
@@ -98,32 +97,6 @@ class TerminalProgress:
             self.stream.flush()
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool) -> str:
-    """Check the output folder can be written; return a fresh temporary sibling folder to write into."""
-    output_dir = os.path.abspath(output_dir)
-    parent = os.path.dirname(output_dir)
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise CrossModalRegError(f"output '{output_dir}' exists and is not a folder")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise CrossModalRegError(f"output folder '{output_dir}' is not empty: choose another or pass --overwrite")
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(output_dir) + ".partial-", dir=parent)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the results are ordinary files
-    return tmp
-
-
-def commit_output_dir(tmp: str, output_dir: str) -> None:
-    """Move the finished temporary folder into place (the old one, if overwriting, is removed only after)."""
-    output_dir = os.path.abspath(output_dir)
-    old = None
-    if os.path.exists(output_dir):
-        old = output_dir + f".old-{os.getpid()}"
-        os.replace(output_dir, old)
-    os.replace(tmp, output_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # A run may leave the evaluation landmarks this much further apart (mean) before it counts as worse: the larger of
 # an absolute and a relative allowance (landmark placement noise; Case24's floor is 0.83 mm, its identity 1.10 mm).
 LANDMARK_WORSE_TOLERANCE_MM = 0.5
@@ -177,7 +150,97 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
                          input_files: dict | None = None, extra_provenance: dict | None = None,
                          use_landmarks_for_initialization: bool = True, strict: bool = True, pictures: bool = True,
                          threads: int | None = 1, image_names: dict | None = None):
-    """Register and write the complete output folder atomically; return (result, output_dir)."""
+    """Register and write the complete output folder atomically (:class:`.output_dir.OutputFolder`: locked,
+    staged, renamed at the end); return (result, output_dir)."""
+    with OutputFolder(output_dir, overwrite=overwrite, inputs=list((input_files or {}).values())) as out:
+        result = _register_and_write(out.staging, fixed, moving, preset=preset, fixed_mask=fixed_mask,
+                                     moving_mask=moving_mask, fixed_landmarks=fixed_landmarks,
+                                     moving_landmarks=moving_landmarks, landmark_labels=landmark_labels,
+                                     initial_transform=initial_transform, seed=seed, overrides=overrides,
+                                     rotation_search=rotation_search, orientation_search=orientation_search,
+                                     progress=progress, cancel=cancel, input_files=input_files,
+                                     extra_provenance=extra_provenance,
+                                     use_landmarks_for_initialization=use_landmarks_for_initialization,
+                                     strict=strict, pictures=pictures, threads=threads,
+                                     image_names=image_names)
+    return result, os.path.abspath(output_dir)
+
+
+def _register_and_write(tmp, fixed, moving, *, preset, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks,
+                        landmark_labels, initial_transform, seed, overrides, rotation_search, orientation_search,
+                        progress, cancel, input_files, extra_provenance, use_landmarks_for_initialization, strict,
+                        pictures, threads, image_names):
+    """The body of :func:`run_registration_job`: register, then write every output into ``tmp``."""
+    from .report_html import write_report
+    from .scene_registration import METRIC_TRACE_COLUMNS
+
+    with signals.deferred():  # a signal stops the ITK optimisers through the cancel check, not mid-callback
+        result = engine.register(
+            fixed, moving, preset=preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
+            fixed_landmarks=fixed_landmarks if use_landmarks_for_initialization else None,
+            moving_landmarks=moving_landmarks if use_landmarks_for_initialization else None,
+            initial_transform_fixed_to_moving=initial_transform, seed=seed, overrides=overrides,
+            rotation_search=rotation_search, orientation_search=orientation_search, progress=progress,
+            cancel=signals.with_signals(cancel), strict=strict and fixed_landmarks is None, threads=threads,
+        )
+    tx = result.transform_fixed_to_moving_lps
+    if fixed_landmarks is not None and moving_landmarks is not None:
+        check = landmark_check(tx, fixed_landmarks, moving_landmarks,
+                               evaluation_only=not use_landmarks_for_initialization)
+        result.sanity.checks.append(check)
+        if strict and not result.sanity.passed:  # the landmark figures are part of the message either way
+            from .errors import RegistrationFailed
+
+            d = check.details
+            figures = (f"landmarks {d['mean_before_mm']:.2f} mm before -> {d['mean_after_mm']:.2f} mm after"
+                       if check.passed else "")
+            raise RegistrationFailed("the result failed the post-run checks: " + "; ".join(
+                result.sanity.failures() + ([figures] if figures else [])), result.sanity.failures(), result)
+    sitk.WriteTransform(tx, os.path.join(tmp, "transform.h5"))
+    resampled = result.resample_moving(fixed, moving)
+    sitk.WriteImage(resampled, os.path.join(tmp, "moving_resampled.nii.gz"), useCompression=True)
+    rows = [{"iteration_index": i, **r} for i, r in enumerate(result.metric_trace_rows())]
+    write_tsv(os.path.join(tmp, "metric_trace.tsv"), METRIC_TRACE_COLUMNS, rows)
+
+    provenance = result.provenance()
+    provenance["command_inputs"] = {}
+    for role, path in (input_files or {}).items():
+        if path:
+            provenance["command_inputs"][role] = {"path": os.path.abspath(path), "sha256": sha256_of_file(path)}
+    if fixed_landmarks is not None and moving_landmarks is not None:
+        fl = np.asarray(fixed_landmarks, float)
+        ml = np.asarray(moving_landmarks, float)
+        mapped = np.array([tx.TransformPoint(tuple(map(float, p))) for p in fl])
+        before = np.linalg.norm(fl - ml, axis=1)
+        after = np.linalg.norm(mapped - ml, axis=1)
+        provenance["landmarks"] = {
+            "labels": list(landmark_labels or range(len(fl))),
+            "used_for_initialization": bool(use_landmarks_for_initialization),
+            "distance_before_mm": before.tolist(), "distance_after_mm": after.tolist(),
+            "mean_before_mm": float(before.mean()), "mean_after_mm": float(after.mean()),
+        }
+    if extra_provenance:
+        provenance.update(extra_provenance)
+    provenance["metric_trace"] = rows
+    provenance["image_names"] = {role: _input_name(input_files, role, image_names) for role in ("fixed", "moving")}
+    provenance["final_metric_note"] = FINAL_METRIC_NOTE
+    provenance["outputs"] = {
+        "transform.h5": "ITK transform, maps FIXED-space points to MOVING-space points, LPS mm",
+        "moving_resampled.nii.gz": "moving image resampled onto the fixed grid through transform.h5",
+        "scene/registration.mrml": "Slicer scene: moving volume under the transform node",
+        "report.html": "one self-contained page: verdict, QC pictures, metric plot, checks, landmarks, provenance",
+    }
+    _write_scene_and_pictures(tmp, fixed, moving, tx, provenance, fixed_landmarks=fixed_landmarks,
+                              moving_landmarks=moving_landmarks, landmark_labels=landmark_labels,
+                              input_files=input_files, image_names=image_names, pictures=pictures)
+    write_report(os.path.join(tmp, "report.html"), provenance)
+    write_json_atomic(os.path.join(tmp, "registration.json"), provenance)
+    return result
+
+
+def _write_scene_and_pictures(tmp, fixed, moving, tx, provenance, *, fixed_landmarks, moving_landmarks,
+                              landmark_labels, input_files, image_names, pictures):
+    """The scene (real MRML): fixed, moving under the transform, landmarks; QC pictures from Slicer's compositing."""
     from .headless import HeadlessSlicer
     from .mrml import (
         markups_node_from_points,
@@ -187,96 +250,29 @@ def run_registration_job(fixed: sitk.Image, moving: sitk.Image, output_dir: str,
     )
     from .overlay import write_png
     from .qc_pictures import figures, render_qc
-    from .report_html import write_report
     from .scene_io import save_scene
-    from .scene_registration import METRIC_TRACE_COLUMNS, _embed_3d
+    from .scene_registration import _embed_3d
 
-    tmp = prepare_output_dir(output_dir, overwrite)
-    try:
-        result = engine.register(
-            fixed, moving, preset=preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
-            fixed_landmarks=fixed_landmarks if use_landmarks_for_initialization else None,
-            moving_landmarks=moving_landmarks if use_landmarks_for_initialization else None,
-            initial_transform_fixed_to_moving=initial_transform, seed=seed, overrides=overrides,
-            rotation_search=rotation_search, orientation_search=orientation_search, progress=progress, cancel=cancel,
-            strict=strict and fixed_landmarks is None, threads=threads,
-        )
-        tx = result.transform_fixed_to_moving_lps
-        if fixed_landmarks is not None and moving_landmarks is not None:
-            check = landmark_check(tx, fixed_landmarks, moving_landmarks,
-                                   evaluation_only=not use_landmarks_for_initialization)
-            result.sanity.checks.append(check)
-            if strict and not result.sanity.passed:  # the landmark figures are part of the message either way
-                from .errors import RegistrationFailed
-
-                d = check.details
-                figures = (f"landmarks {d['mean_before_mm']:.2f} mm before -> {d['mean_after_mm']:.2f} mm after"
-                           if check.passed else "")
-                raise RegistrationFailed("the result failed the post-run checks: " + "; ".join(
-                    result.sanity.failures() + ([figures] if figures else [])), result.sanity.failures(), result)
-        sitk.WriteTransform(tx, os.path.join(tmp, "transform.h5"))
-        resampled = result.resample_moving(fixed, moving)
-        sitk.WriteImage(resampled, os.path.join(tmp, "moving_resampled.nii.gz"), useCompression=True)
-        rows = [{"iteration_index": i, **r} for i, r in enumerate(result.metric_trace_rows())]
-        write_tsv(os.path.join(tmp, "metric_trace.tsv"), METRIC_TRACE_COLUMNS, rows)
-
-        provenance = result.provenance()
-        provenance["command_inputs"] = {}
-        for role, path in (input_files or {}).items():
-            if path:
-                provenance["command_inputs"][role] = {"path": os.path.abspath(path), "sha256": sha256_of_file(path)}
-        if fixed_landmarks is not None and moving_landmarks is not None:
-            fl = np.asarray(fixed_landmarks, float)
-            ml = np.asarray(moving_landmarks, float)
-            mapped = np.array([tx.TransformPoint(tuple(map(float, p))) for p in fl])
-            before = np.linalg.norm(fl - ml, axis=1)
-            after = np.linalg.norm(mapped - ml, axis=1)
-            provenance["landmarks"] = {
-                "labels": list(landmark_labels or range(len(fl))),
-                "used_for_initialization": bool(use_landmarks_for_initialization),
-                "distance_before_mm": before.tolist(), "distance_after_mm": after.tolist(),
-                "mean_before_mm": float(before.mean()), "mean_after_mm": float(after.mean()),
-            }
-        if extra_provenance:
-            provenance.update(extra_provenance)
-        provenance["metric_trace"] = rows
-        provenance["image_names"] = {role: _input_name(input_files, role, image_names) for role in ("fixed", "moving")}
-        provenance["final_metric_note"] = FINAL_METRIC_NOTE
-        provenance["outputs"] = {
-            "transform.h5": "ITK transform, maps FIXED-space points to MOVING-space points, LPS mm",
-            "moving_resampled.nii.gz": "moving image resampled onto the fixed grid through transform.h5",
-            "scene/registration.mrml": "Slicer scene: moving volume under the transform node",
-            "report.html": "one self-contained page: verdict, QC pictures, metric plot, checks, landmarks, provenance",
-        }
-
-        # The scene (real MRML): fixed, moving under the transform, landmarks; pictures from Slicer's compositing.
-        with HeadlessSlicer() as app:
-            scene = app.scene
-            fixed_node = volume_node_from_image(scene, fixed, "fixed")
-            moving_node = volume_node_from_image(scene, moving, "moving")
-            tnode = scene.AddNewNodeByClass("vtkMRMLTransformNode", "moving_to_fixed (CrossModalReg)")
-            set_transform_fixed_to_moving(tnode, _embed_3d(tx))
-            set_volume_references(tnode, fixed_node, moving_node)
-            moving_node.SetAndObserveTransformNodeID(tnode.GetID())
-            if pictures:
-                qc = render_qc(scene, app.app_logic, fixed, fixed_node, moving_node, tnode, tx,
-                               fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
-                               fixed_name=_input_name(input_files, "fixed", image_names),
-                               moving_name=_input_name(input_files, "moving", image_names))
-                for name, rgb in figures(qc).items():
-                    write_png(rgb, os.path.join(tmp, name))
-                provenance["qc_pictures"] = qc.summary()
-            if fixed_landmarks is not None:
-                markups_node_from_points(scene, fixed_landmarks, landmark_labels or range(len(fixed_landmarks)),
-                                         "fixed_landmarks")
-                mnode = markups_node_from_points(scene, moving_landmarks,
-                                                 landmark_labels or range(len(moving_landmarks)), "moving_landmarks")
-                mnode.SetAndObserveTransformNodeID(tnode.GetID())
-            save_scene(scene, os.path.join(tmp, "scene", "registration.mrml"))
-        write_report(os.path.join(tmp, "report.html"), provenance)
-        write_json_atomic(os.path.join(tmp, "registration.json"), provenance)
-        commit_output_dir(tmp, output_dir)
-        return result, os.path.abspath(output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with HeadlessSlicer() as app:
+        scene = app.scene
+        fixed_node = volume_node_from_image(scene, fixed, "fixed")
+        moving_node = volume_node_from_image(scene, moving, "moving")
+        tnode = scene.AddNewNodeByClass("vtkMRMLTransformNode", "moving_to_fixed (CrossModalReg)")
+        set_transform_fixed_to_moving(tnode, _embed_3d(tx))
+        set_volume_references(tnode, fixed_node, moving_node)
+        moving_node.SetAndObserveTransformNodeID(tnode.GetID())
+        if pictures:
+            qc = render_qc(scene, app.app_logic, fixed, fixed_node, moving_node, tnode, tx,
+                           fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
+                           fixed_name=_input_name(input_files, "fixed", image_names),
+                           moving_name=_input_name(input_files, "moving", image_names))
+            for name, rgb in figures(qc).items():
+                write_png(rgb, os.path.join(tmp, name))
+            provenance["qc_pictures"] = qc.summary()
+        if fixed_landmarks is not None:
+            markups_node_from_points(scene, fixed_landmarks, landmark_labels or range(len(fixed_landmarks)),
+                                     "fixed_landmarks")
+            mnode = markups_node_from_points(scene, moving_landmarks,
+                                             landmark_labels or range(len(moving_landmarks)), "moving_landmarks")
+            mnode.SetAndObserveTransformNodeID(tnode.GetID())
+        save_scene(scene, os.path.join(tmp, "scene", "registration.mrml"))

@@ -180,14 +180,14 @@ def base_record(case, options: CaseOptions) -> dict:
 
 def commit_case(staging: str, final: str, record: dict) -> None:
     """Write qc.json and DONE into ``staging`` and rename it to ``final`` (replacing an incomplete folder)."""
-    from ..pipeline import commit_output_dir
+    from ..output_dir import replace_folder
     from ..provenance import write_json_atomic
 
     os.makedirs(staging, exist_ok=True)
     record["finished"] = _now()
     write_json_atomic(os.path.join(staging, QC_FILE), record)
     write_done(staging, record["case_id"])
-    commit_output_dir(staging, final)
+    replace_folder(staging, final)
 
 
 def write_failed_case(case, output_dir: str, options: CaseOptions, kind: str, reason: str, *,

@@ -23,7 +23,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -177,9 +179,29 @@ def clean_stale(output_dir: str) -> list[str]:
         return removed
     for name in os.listdir(root):
         if name.startswith(STAGING_PREFIX) or name.startswith("." + STAGING_PREFIX) or _OLD_RE.search(name):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-            removed.append(name)
+            path = os.path.join(root, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+            else:  # the lock file of a case's staging folder (output_dir.OutputFolder) whose worker was killed
+                with contextlib.suppress(OSError):
+                    os.remove(path)
     return removed
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """Start the local workers with SIGINT ignored (inherited through exec; Python then installs no KeyboardInterrupt
+    handler): Ctrl-C reaches the whole process group, and each worker printed two tracebacks. This process stops
+    them (``cluster.close``) when it is interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _start_client(workers, scheduler, n_cases, allowed_worker_deaths, dashboard_address):
@@ -198,7 +220,8 @@ def _start_client(workers, scheduler, n_cases, allowed_worker_deaths, dashboard_
     n = min(int(workers or default_workers()), max(1, n_cases))
     if n < 1:
         raise CrossModalRegError("--workers must be at least 1")
-    with dask.config.set({"distributed.scheduler.allowed-failures": int(allowed_worker_deaths)}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": int(allowed_worker_deaths)}), \
+            _workers_ignore_sigint():
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
                                dashboard_address=dashboard_address)
         client = Client(cluster)
@@ -275,6 +298,9 @@ def run_cohort(cohort, output_dir: str, *, workers: int | None = None, scheduler
         raise CrossModalRegError(f"verify must be checksum, size or exists, got '{verify}'")
     options = CaseOptions(default_preset=default_preset, overrides=dict(overrides or {}), profile=profile,
                           pictures=pictures, itk_threads=int(itk_threads))
+    from ..output_dir import check_reused_folder
+
+    check_reused_folder(output_dir, inputs=[p for c in cases for p in c.files().values()], replaced="cases")
     os.makedirs(os.path.join(output_dir, "cases"), exist_ok=True)
     run = CohortRun(output_dir=output_dir, records=[])
     prog = CohortProgress(len(cases), stream=stream, enabled=progress)
@@ -320,6 +346,7 @@ def _run_on_dask(to_run, output_dir, options, run, prog, *, workers, scheduler, 
     client, cluster, n_workers = _start_client(workers, scheduler, len(to_run), allowed_worker_deaths,
                                                dashboard_address)
     run.workers = n_workers
+    interrupted = False
     try:
         run.dashboard_link = _dashboard(client)
         where = f"Dask scheduler {scheduler}" if scheduler else f"a local Dask cluster of {n_workers} worker(s)"
@@ -366,6 +393,7 @@ def _run_on_dask(to_run, output_dir, options, run, prog, *, workers, scheduler, 
         prog.say("interrupted: cancelling the cases still running; finished cases are kept (rerun to resume)")
         with contextlib.suppress(Exception):
             client.cancel(list(futures))
+        interrupted = True
         raise
     finally:
         with contextlib.suppress(Exception):
@@ -373,6 +401,8 @@ def _run_on_dask(to_run, output_dir, options, run, prog, *, workers, scheduler, 
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
+            if interrupted:  # our own workers are gone: their staging folders can go now (a remote one may still run)
+                clean_stale(output_dir)
 
 
 def _result_of(fut, case, output_dir, options) -> dict:

@@ -21,7 +21,7 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=7, help="seed of the phantom's noise and random transforms")
     p.add_argument("--max-angle", type=float, default=30.0, help="largest rotation of the simulated misalignment (deg)")
     p.add_argument("--max-translation", type=float, default=30.0, help="largest translation (mm)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (at the end)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
     return p
@@ -47,12 +47,13 @@ def run(args) -> int:
 
     from .. import simulation as sim
     from ..geometry import transform_points
-    from ..pipeline import TerminalProgress, commit_output_dir, prepare_output_dir, run_registration_job
+    from ..output_dir import OutputFolder
+    from ..pipeline import TerminalProgress, run_registration_job
     from ..provenance import write_json_atomic
     from ..tables import Column, write_tsv
 
-    tmp = prepare_output_dir(args.output_dir, args.overwrite)
-    try:
+    with OutputFolder(args.output_dir, overwrite=args.overwrite) as out:
+        tmp = out.staging
         rng = np.random.RandomState(args.seed)
         model = sim.head_phantom()
         fixed = sim.render(model, "t1", rng=rng)
@@ -116,12 +117,6 @@ def run(args) -> int:
         ]
         write_tsv(os.path.join(tmp, "demo_tre.tsv"), columns, rows)
         write_json_atomic(os.path.join(tmp, "demo_summary.json"), {"seed": args.seed, "cases": rows})
-        commit_output_dir(tmp, args.output_dir)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     worst = max(r["tre_brain_mean_mm"] for r in rows)
     print(f"\nworst mean TRE over the brain: {worst:.2f} mm; results in {os.path.abspath(args.output_dir)}")
     return 0

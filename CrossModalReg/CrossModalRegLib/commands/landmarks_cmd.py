@@ -38,11 +38,14 @@ def add_parser(subparsers):
                    help="factor from pixel files' coordinates to the images' pixels (required for pixel files: "
                    "1 when placed on these images, 0.1 for ANHIR 50%% landmarks on 5%% images)")
     i.add_argument("--protocol", default=None, help="protocol JSON the labels must follow (default: the labels found)")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing session folder (at the end)")
     i.set_defaults(func=run_import)
 
     s = sub.add_parser("stats", help="inter-annotator statistics of an annotation session folder")
     s.add_argument("session", help="session folder (holds session.json and annotations/)")
-    s.add_argument("--output-dir", required=True, help="folder for the TSV tables and the JSON summary")
+    s.add_argument("--output-dir", required=True,
+                   help="folder for the TSV tables and the JSON summary (must be empty or absent)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder (at the end)")
     s.add_argument("--consensus", choices=("mean", "median"), default="mean", help="consensus estimator")
     s.add_argument("--outlier-distance", type=float, default=None,
                    help="absolute outlier threshold in the reported units (mm, or pixels for a 2D session); "
@@ -61,7 +64,8 @@ def add_parser(subparsers):
     r.add_argument("--model", choices=("rigid", "similarity", "affine", "tps"), default="affine")
     r.add_argument("--drop-unpaired", action="store_true",
                    help="ignore landmarks present in one file only (default: report them as an error)")
-    r.add_argument("--output-dir", required=True)
+    r.add_argument("--output-dir", required=True, help="folder to write (must be empty or absent)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output folder (at the end)")
     r.set_defaults(func=run_register)
     return p
 
@@ -86,14 +90,17 @@ def _pairs(values, option):
 
 
 def run_import(args) -> int:
-    from ..landmarks import load_protocol
+    from ..landmarks import AnnotationSession, load_protocol
     from ..landmarks.importer import import_session
+    from ..output_dir import OutputFolder
 
     images = _pairs(args.image, "--image")
     annotators = {k: [x for x in v.split(",") if x] for k, v in _pairs(args.annotator, "--annotator").items()}
-    protocol = load_protocol(args.protocol) if args.protocol else None
-    result = import_session(args.session, images, annotators, scale=args.scale, protocol=protocol)
-    session = result.session
+    inputs = [*images.values(), args.protocol] + [e.partition(":")[2] or e for v in annotators.values() for e in v]
+    with OutputFolder(args.session, overwrite=args.overwrite, inputs=inputs, option="session folder") as out:
+        protocol = load_protocol(args.protocol) if args.protocol else None
+        result = import_session(out.staging, images, annotators, scale=args.scale, protocol=protocol)
+    session = AnnotationSession.open(out.final)
     print(f"created session {session.folder}: {len(session.images)} images, {len(session.protocol.labels)} "
           f"landmarks, {session.protocol.dimension}D, positions in {session.units}"
           + (f" (pixel files x {args.scale:g})" if args.scale is not None else ""))
@@ -110,8 +117,9 @@ def run_import(args) -> int:
 
 def run_stats(args) -> int:
     from ..landmarks import AnnotationSession, session_statistics
-    from ..provenance import write_json_atomic
-    from ..tables import write_tsv
+    from ..output_dir import OutputFolder
+
+    OutputFolder(args.output_dir, overwrite=args.overwrite, inputs=[args.session]).check()  # before reading
 
     session = AnnotationSession.open(args.session)
     factor = args.outlier_factor if args.outlier_factor is not None else (
@@ -122,9 +130,18 @@ def run_stats(args) -> int:
     stats = session_statistics(session, consensus=args.consensus, outlier_distance=args.outlier_distance,
                                outlier_factor=factor, bias_alpha=args.bias_alpha, units=units)
     tables = stats.tables()
-    os.makedirs(args.output_dir, exist_ok=True)
+    with OutputFolder(args.output_dir, overwrite=args.overwrite, inputs=[args.session]) as out:
+        _write_stats(out.staging, args, session, stats, tables, factor)
+    _print_stats(stats)
+    return 0
+
+
+def _write_stats(folder, args, session, stats, tables, factor):
+    from ..provenance import write_json_atomic
+    from ..tables import write_tsv
+
     for name, (cols, rows) in tables.items():
-        write_tsv(os.path.join(args.output_dir, f"{name}.tsv"), cols, rows)
+        write_tsv(os.path.join(folder, f"{name}.tsv"), cols, rows)
     files = {os.path.relpath(p, args.session): p for p in
              [os.path.join(session.folder, "session.json")]
              + sorted(os.path.join(session.folder, "annotations", f)
@@ -134,7 +151,10 @@ def run_stats(args) -> int:
     summary["provenance"] = _provenance(files, {
         "consensus": args.consensus, "outlier_distance": args.outlier_distance,
         "outlier_factor": factor, "bias_alpha": args.bias_alpha, "units": stats.distance_units})
-    write_json_atomic(os.path.join(args.output_dir, "landmark_statistics.json"), summary)
+    write_json_atomic(os.path.join(folder, "landmark_statistics.json"), summary)
+
+
+def _print_stats(stats):
     for image, reason in stats.skipped.items():
         print(f"{image}: skipped ({reason})")
     for image, st in stats.per_image.items():
@@ -149,17 +169,14 @@ def run_stats(args) -> int:
         print(f"{image}: {fle}, biased: {st.biased_annotators or 'none'}, outlier landmarks: "
               f"{', '.join(st.outlier_landmarks) or 'none'}")
         print(f"  rule: {st.outlier_rule}")
-    return 0
 
 
 def run_register(args) -> int:
-    import SimpleITK as sitk
-
     from ..landmarks import pair_landmarks, read_landmark_file, register_points
-    from ..landmarks.report import registration_columns, registration_rows
-    from ..provenance import write_json_atomic
-    from ..tables import write_tsv
+    from ..output_dir import OutputFolder
 
+    inputs = [args.fixed_landmarks, args.moving_landmarks]
+    OutputFolder(args.output_dir, overwrite=args.overwrite, inputs=inputs).check()  # before reading anything
     fixed = read_landmark_file(args.fixed_landmarks)
     moving = read_landmark_file(args.moving_landmarks)
     if fixed.frame != moving.frame:
@@ -170,13 +187,25 @@ def run_register(args) -> int:
                                              drop_unpaired=args.drop_unpaired, fixed_source=args.fixed_landmarks,
                                              moving_source=args.moving_landmarks)
     result = register_points(fp, mp, model=args.model, labels=labels, units=fixed.units)
-    os.makedirs(args.output_dir, exist_ok=True)
-    write_tsv(os.path.join(args.output_dir, "registration.tsv"), registration_columns(result.units),
+    with OutputFolder(args.output_dir, overwrite=args.overwrite, inputs=inputs) as out:
+        _write_registration(out.staging, args, fixed, labels, dropped, result)
+    print(f"{result.model}: {len(labels)} landmarks, FRE RMS {result.fre_rms:.3f} {result.units}, "
+          f"leave-one-out TRE RMS {result.loo_tre_rms:.3f} {result.units}")
+    return 0
+
+
+def _write_registration(folder, args, fixed, labels, dropped, result):
+    import SimpleITK as sitk
+
+    from ..landmarks.report import registration_columns, registration_rows
+    from ..provenance import write_json_atomic
+    from ..tables import write_tsv
+
+    write_tsv(os.path.join(folder, "registration.tsv"), registration_columns(result.units),
               registration_rows(result))
     if result.transform_fixed_to_moving is not None:
-        sitk.WriteTransform(result.transform_fixed_to_moving,
-                            os.path.join(args.output_dir, "transform_fixed_to_moving.tfm"))
-    write_json_atomic(os.path.join(args.output_dir, "registration.json"), {
+        sitk.WriteTransform(result.transform_fixed_to_moving, os.path.join(folder, "transform_fixed_to_moving.tfm"))
+    write_json_atomic(os.path.join(folder, "registration.json"), {
         "model": result.model, "units": result.units, "frame": fixed.frame, "n_landmarks": len(labels),
         "dropped_unpaired": dropped, "fre_rms": result.fre_rms, "loo_tre_rms": result.loo_tre_rms,
         "matrix_fixed_to_moving": None if result.matrix_fixed_to_moving is None
@@ -185,6 +214,3 @@ def run_register(args) -> int:
         "provenance": _provenance({"fixed_landmarks": args.fixed_landmarks, "moving_landmarks": args.moving_landmarks},
                                   {"model": args.model, "drop_unpaired": args.drop_unpaired}),
     })
-    print(f"{result.model}: {len(labels)} landmarks, FRE RMS {result.fre_rms:.3f} {result.units}, "
-          f"leave-one-out TRE RMS {result.loo_tre_rms:.3f} {result.units}")
-    return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..errors import CrossModalRegError
+from ..errors import CrossModalRegError, RegistrationFailed
 
 
 def add_parser(sub):
@@ -85,12 +85,45 @@ def repeat_command(args) -> str:
     return shlex.join(words)
 
 
-def run(args) -> int:
+SEED_MAX = 2 ** 32 - 1  # numpy's and ITK's seeds are unsigned 32-bit
+
+
+def check_options(args) -> None:
+    """Refuse option values the engine cannot take, before anything is read or written."""
+    if args.threads is not None and args.threads < 0:
+        raise CrossModalRegError(f"--threads must be 0 (all cores) or a positive number, got {args.threads}")
+    if args.seed is not None and not 0 <= args.seed <= SEED_MAX:
+        raise CrossModalRegError(f"--seed must be between 0 and {SEED_MAX}, got {args.seed}")
+
+
+def read_initial_transform(path: str, dimension: int):
+    """The ``--initial-transform`` file as a SimpleITK transform of the images' dimension."""
     import SimpleITK as sitk
 
+    if not os.path.isfile(path):
+        raise CrossModalRegError(f"initial transform '{path}' does not exist")
+    try:
+        transform = sitk.ReadTransform(path)
+    except RuntimeError:
+        raise CrossModalRegError(f"--initial-transform '{path}' could not be read as an ITK transform file "
+                                 "(.h5, .tfm, .txt, .mat): give a transform written by ITK, SimpleITK or Slicer") from None
+    if transform.GetDimension() != dimension:
+        raise CrossModalRegError(f"--initial-transform '{path}' is {transform.GetDimension()}D but the images are "
+                                 f"{dimension}D")
+    return transform
+
+
+def run(args) -> int:
     from .. import engine
+    from ..output_dir import OutputFolder
     from ..pipeline import TerminalProgress, pair_by_label, read_image, read_landmarks_for, run_registration_job
 
+    inputs = {"fixed": args.fixed, "moving": args.moving, "fixed_mask": args.fixed_mask,
+              "moving_mask": args.moving_mask, "fixed_landmarks": args.fixed_landmarks,
+              "moving_landmarks": args.moving_landmarks, "initial_transform": args.initial_transform}
+    check_options(args)
+    OutputFolder(args.output_dir, overwrite=args.overwrite, inputs=list(inputs.values())).check()  # before reading
+    overrides = parse_overrides(args.set)
     fixed = read_image(args.fixed, "fixed")
     moving = read_image(args.moving, "moving")
     fixed_mask = read_image(args.fixed_mask, "fixed mask") if args.fixed_mask else None
@@ -103,24 +136,35 @@ def run(args) -> int:
         m_labels, m_pts = read_landmarks_for(moving, args.moving_landmarks, "moving")
         anhir = fixed.GetDimension() == 2 and len(f_labels) != len(m_labels)
         fl, ml, labels = pair_by_label(f_labels, f_pts, m_labels, m_pts, truncate=anhir)
-    initial = None
-    if args.initial_transform:
-        if not os.path.isfile(args.initial_transform):
-            raise CrossModalRegError(f"initial transform '{args.initial_transform}' does not exist")
-        initial = sitk.ReadTransform(args.initial_transform)
-    result, out = run_registration_job(
+    initial = read_initial_transform(args.initial_transform, fixed.GetDimension()) if args.initial_transform else None
+    try:
+        result, out = _run_job(args, run_registration_job, fixed, moving, fixed_mask, moving_mask, fl, ml, labels,
+                               initial, overrides, inputs, TerminalProgress, engine.DEFAULT_SEED)
+    except RegistrationFailed as exc:
+        if args.keep_failed and exc.result is None:
+            raise RegistrationFailed(f"{exc}; --keep-failed kept nothing: the optimiser stopped without a result to "
+                                     "write", exc.report) from None
+        raise
+    _print_summary(result, out, args.keep_failed)
+    return 0 if result.sanity.passed else 3
+
+
+def _run_job(args, run_registration_job, fixed, moving, fixed_mask, moving_mask, fl, ml, labels, initial, overrides,
+             inputs, progress, default_seed):
+    return run_registration_job(
         fixed, moving, args.output_dir, preset=args.preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
         fixed_landmarks=fl, moving_landmarks=ml, landmark_labels=labels, initial_transform=initial,
-        seed=engine.DEFAULT_SEED if args.seed is None else args.seed, overrides=parse_overrides(args.set),
+        seed=default_seed if args.seed is None else args.seed, overrides=overrides,
         rotation_search=False if args.no_rotation_search else None,
         orientation_search=False if args.no_orientation_search else None,
-        progress=TerminalProgress(enabled=not args.no_progress), overwrite=args.overwrite,
-        input_files={"fixed": args.fixed, "moving": args.moving, "fixed_mask": args.fixed_mask,
-                     "moving_mask": args.moving_mask, "fixed_landmarks": args.fixed_landmarks,
-                     "moving_landmarks": args.moving_landmarks, "initial_transform": args.initial_transform},
+        progress=progress(enabled=not args.no_progress), overwrite=args.overwrite,
+        input_files=inputs,
         use_landmarks_for_initialization=args.landmarks_for == "initialization", strict=not args.keep_failed,
         threads=args.threads or None, extra_provenance={"command": repeat_command(args)},
     )
+
+
+def _print_summary(result, out, keep_failed):
     orient = result.initialization.get("orientation_search")
     if orient:
         print(f"orientation search ({orient['orientations']} axis-aligned orientations): "
@@ -137,4 +181,5 @@ def run(args) -> int:
     print(f"metric {result.initial_metric:.5g} -> {result.final_metric:.5g} (first stage's metric at full resolution, "
           f"lower is better); outputs in {out}")
     print(f"report: {os.path.join(out, 'report.html')}")
-    return 0 if result.sanity.passed else 3
+    if keep_failed and not result.sanity.passed:
+        print(f"--keep-failed: the FAILED result was kept in {out} (registration.json: sanity.passed false)")

@@ -3,8 +3,8 @@
 Writes into ``--output-dir`` (created; it must not exist or be empty): ``summary.tsv``, ``landmarks.tsv`` and
 ``segments.tsv`` when those inputs are given (each with Slicer's ``.schema.tsv`` beside it, so the units and
 descriptions load into Slicer), ``summary.json`` (values, acceptance, provenance) and, with ``--write-jacobian``,
-``jacobian.nii.gz``. Everything is written to a temporary folder first and renamed at the end, so a failed run
-leaves nothing behind.
+``jacobian.nii.gz``. The folder is written by :class:`CrossModalRegLib.output_dir.OutputFolder` (staged,
+locked, renamed at the end), so a failed run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -54,7 +52,8 @@ def add_parser(subparsers):
     p.add_argument("--profile", default=None,
                    help="acceptance profile: a bundled name (neuro, abdomen, plausibility) or a JSON file")
     p.add_argument("--fail-on-reject", action="store_true", help="exit with 1 when the profile's verdict is fail")
-    p.add_argument("--output-dir", required=True, help="folder to create for the results")
+    p.add_argument("--output-dir", required=True, help="folder to create for the results (must be empty or absent)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (at the end)")
     p.set_defaults(func=run)
     return p
 
@@ -75,6 +74,12 @@ def _read_transform(path):
         return sitk.ReadTransform(path)
     except RuntimeError as exc:
         raise CrossModalRegError(f"transform file {path} could not be read as an ITK transform") from exc
+
+
+def _check_transform_dimension(transform, fixed, path):
+    if transform.GetDimension() != fixed.GetDimension():
+        raise CrossModalRegError(f"transform file {path} is {transform.GetDimension()}D but the images are "
+                                 f"{fixed.GetDimension()}D: give a {fixed.GetDimension()}D transform")
 
 
 _FRAME = re.compile(r"^\s*#\s*frame\s*[:=]\s*(\w+)", re.I)
@@ -118,10 +123,20 @@ def read_landmarks_csv(path):
 
 def read_landmarks_markups(path, scene):
     """LandmarkSet (LPS) from a Slicer ``.mrk.json`` file, read by Slicer's own storage node."""
+    import json
+
     import slicer
 
+    from ..landmarks.fileio import check_mrk_json
     from ..validation.scene import landmark_set_from_markups
 
+    try:  # Slicer's reader logs warnings and drops what it cannot read: check the structure first
+        with open(path, encoding="utf-8") as f:
+            check_mrk_json(json.load(f), path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, CrossModalRegError):
+            raise
+        raise CrossModalRegError(f"{path} is not valid JSON: {exc}") from None
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
     storage = slicer.vtkMRMLMarkupsJsonStorageNode()
     storage.SetFileName(path)
@@ -143,16 +158,6 @@ def read_landmarks(path, role, app=None):
 
 
 # -------------------------------------------------------------------------------------------------- run
-def _prepare_output(path):
-    path = os.path.abspath(path)
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-        raise CrossModalRegError(f"output directory {path} exists and is not empty: choose a new one")
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        raise CrossModalRegError(f"the parent folder of the output directory does not exist: {parent}")
-    return path
-
-
 def registration_report_for(transform_path: str) -> str | None:
     """The report.html that ``crossmodalreg register`` wrote beside this transform, when there is one."""
     path = os.path.join(os.path.dirname(os.path.abspath(transform_path)), "report.html")
@@ -160,12 +165,42 @@ def registration_report_for(transform_path: str) -> str | None:
 
 
 def run(args) -> int:
+    from ..output_dir import OutputFolder
+
+    inputs = [args.fixed, args.moving, args.transform, args.fixed_landmarks, args.moving_landmarks,
+              args.fixed_labels, args.moving_labels, args.jacobian_mask, args.profile]
+    with OutputFolder(args.output_dir, overwrite=args.overwrite, inputs=inputs) as out:
+        report, profile = _validate_into(args, out.staging)
+    verdict = report.verdict
+    print(f"validation written to {out.final}" + (f" (profile {profile.name}: {verdict})" if profile else ""))
+    registration_report = report.provenance.get("registration_report")
+    if registration_report:
+        print(f"registration report (pictures, checks): {registration_report}")
+    return 1 if args.fail_on_reject and verdict == "fail" else 0
+
+
+def _read_all_landmarks(args):
+    if not args.fixed_landmarks:
+        return None, None
+    app = None
+    if any(p.lower().endswith(".json") for p in (args.fixed_landmarks, args.moving_landmarks)):
+        from ..headless import HeadlessSlicer
+
+        app = HeadlessSlicer(set_global_scene=False)
+    try:
+        return read_landmarks(args.fixed_landmarks, "fixed", app), read_landmarks(args.moving_landmarks, "moving", app)
+    finally:
+        if app is not None:
+            app.close()
+
+
+def _validate_into(args, tmp):
+    """Read the inputs, validate, write the tables into ``tmp``; return (report, profile)."""
     from ..provenance import sha256_of_file, write_json_atomic
     from ..tables import write_tsv
     from ..validation.profiles import load_profile
     from ..validation.report import LANDMARK_COLUMNS, SEGMENT_COLUMNS, SUMMARY_COLUMNS, validate
 
-    out_dir = _prepare_output(args.output_dir)
     if bool(args.fixed_landmarks) != bool(args.moving_landmarks):
         raise CrossModalRegError("give both --fixed-landmarks and --moving-landmarks, or neither")
     if bool(args.fixed_labels) != bool(args.moving_labels):
@@ -176,24 +211,13 @@ def run(args) -> int:
     fixed = _read_image(args.fixed, "fixed image")
     moving = _read_image(args.moving, "moving image")
     transform = _read_transform(args.transform)
+    _check_transform_dimension(transform, fixed, args.transform)
     files = {"fixed": args.fixed, "moving": args.moving, "transform": args.transform,
              "fixed_landmarks": args.fixed_landmarks, "moving_landmarks": args.moving_landmarks,
              "fixed_labels": args.fixed_labels, "moving_labels": args.moving_labels,
              "jacobian_mask": args.jacobian_mask}
     checksums = {f"{k}_file": sha256_of_file(v) for k, v in files.items() if v}
-    fl = ml = None
-    if args.fixed_landmarks:
-        app = None
-        if any(p.lower().endswith(".json") for p in (args.fixed_landmarks, args.moving_landmarks)):
-            from ..headless import HeadlessSlicer
-
-            app = HeadlessSlicer(set_global_scene=False)
-        try:
-            fl = read_landmarks(args.fixed_landmarks, "fixed", app)
-            ml = read_landmarks(args.moving_landmarks, "moving", app)
-        finally:
-            if app is not None:
-                app.close()
+    fl, ml = _read_all_landmarks(args)
     fixed_labels = _read_image(args.fixed_labels, "fixed label map") if args.fixed_labels else None
     moving_labels = _read_image(args.moving_labels, "moving label map") if args.moving_labels else None
     mask = _read_image(args.jacobian_mask, "Jacobian mask") if args.jacobian_mask else None
@@ -209,27 +233,14 @@ def run(args) -> int:
     registration_report = registration_report_for(args.transform)
     if registration_report:
         report.provenance["registration_report"] = registration_report
+    write_tsv(os.path.join(tmp, "summary.tsv"), SUMMARY_COLUMNS, report.summary_rows())
+    if report.landmarks is not None:
+        write_tsv(os.path.join(tmp, "landmarks.tsv"), LANDMARK_COLUMNS, report.landmark_rows())
+    if report.labels is not None:
+        write_tsv(os.path.join(tmp, "segments.tsv"), SEGMENT_COLUMNS, report.segment_rows())
+    if args.write_jacobian and report.jacobian_image is not None:
+        import SimpleITK as sitk
 
-    tmp = tempfile.mkdtemp(prefix=".validate-", dir=os.path.dirname(out_dir))
-    try:
-        write_tsv(os.path.join(tmp, "summary.tsv"), SUMMARY_COLUMNS, report.summary_rows())
-        if report.landmarks is not None:
-            write_tsv(os.path.join(tmp, "landmarks.tsv"), LANDMARK_COLUMNS, report.landmark_rows())
-        if report.labels is not None:
-            write_tsv(os.path.join(tmp, "segments.tsv"), SEGMENT_COLUMNS, report.segment_rows())
-        if args.write_jacobian and report.jacobian_image is not None:
-            import SimpleITK as sitk
-
-            sitk.WriteImage(report.jacobian_image, os.path.join(tmp, "jacobian.nii.gz"))
-        write_json_atomic(os.path.join(tmp, "summary.json"), report.summary_json())
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty (checked above)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    verdict = report.verdict
-    print(f"validation written to {out_dir}" + (f" (profile {profile.name}: {verdict})" if profile else ""))
-    if registration_report:
-        print(f"registration report (pictures, checks): {registration_report}")
-    return 1 if args.fail_on_reject and verdict == "fail" else 0
+        sitk.WriteImage(report.jacobian_image, os.path.join(tmp, "jacobian.nii.gz"))
+    write_json_atomic(os.path.join(tmp, "summary.json"), report.summary_json())
+    return report, profile

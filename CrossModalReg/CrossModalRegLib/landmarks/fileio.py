@@ -244,6 +244,34 @@ def write_fcsv(path: str, labels, points_lps, *, descriptions=None, coordinate_s
 
 
 # ---------------------------------------------------------------------------------------------- MRK.JSON
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_mrk_json(data, path: str) -> dict:
+    """The first markups of a parsed ``.mrk.json``, after checking its structure (a list of markups objects, each
+    control point an object whose position is 3 numbers); raise naming the file and the entry otherwise."""
+    markups = data.get("markups") if isinstance(data, dict) else None
+    if not isinstance(markups, list) or not markups:
+        raise CrossModalRegError(f"{path}: no 'markups' list; is this a Slicer .mrk.json file?")
+    m = markups[0]
+    if not isinstance(m, dict):
+        raise CrossModalRegError(f"{path}: markups[0] must be an object {{...}}, got {m!r:.40}")
+    points = m.get("controlPoints", [])
+    if not isinstance(points, list):
+        raise CrossModalRegError(f"{path}: markups[0].controlPoints must be a list")
+    for i, cp in enumerate(points):
+        if not isinstance(cp, dict):
+            raise CrossModalRegError(f"{path}: control point {i + 1} must be an object {{...}}, got {cp!r:.40}")
+        pos = cp.get("position")
+        if pos is None or cp.get("positionStatus", "defined") != "defined":
+            continue  # an unplaced point: Slicer writes its position as "" and readers skip it
+        if not isinstance(pos, list) or len(pos) != 3 or not all(_is_number(v) for v in pos):
+            raise CrossModalRegError(f"{path}: control point '{cp.get('label', i + 1)}' has position {pos!r:.60}; "
+                                     "a position is 3 numbers [x, y, z] in mm")
+    return m
+
+
 def read_mrk_json(path: str, *, defined_only: bool = True) -> LandmarkSet:
     """Read the first markups of a Slicer ``.mrk.json`` into LPS (pure JSON; unplaced points skipped)."""
     try:
@@ -251,12 +279,9 @@ def read_mrk_json(path: str, *, defined_only: bool = True) -> LandmarkSet:
             data = json.load(f)
     except FileNotFoundError as exc:
         raise CrossModalRegError(f"landmark file not found: {path}") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CrossModalRegError(f"{path} is not valid JSON: {exc}") from exc
-    markups = data.get("markups") if isinstance(data, dict) else None
-    if not markups:
-        raise CrossModalRegError(f"{path}: no 'markups' list; is this a Slicer .mrk.json file?")
-    m = markups[0]
+    m = check_mrk_json(data, path)
     system = str(m.get("coordinateSystem", "LPS")).upper()
     if system not in ("LPS", "RAS"):
         raise CrossModalRegError(f"{path}: coordinateSystem '{system}' is not LPS or RAS")
@@ -269,8 +294,8 @@ def read_mrk_json(path: str, *, defined_only: bool = True) -> LandmarkSet:
             raise CrossModalRegError(f"{path}: control point '{cp.get('label')}' has no position")
         labels.append(str(cp.get("label", "")))
         pts.append([float(v) for v in cp["position"]])
-        descs.append(cp.get("description", ""))
-        metas.append(parse_metadata(cp.get("description", "")))
+        descs.append(str(cp.get("description", "")))
+        metas.append(parse_metadata(str(cp.get("description", ""))))
     pts = np.array(pts, dtype=float).reshape(-1, 3)
     if system == "RAS":
         pts = pts * F3

@@ -212,6 +212,8 @@ class AnnotationSession:
         }
 
     def _load_annotation_file(self, path: str) -> None:
+        """Load one annotation file; a file that lacks its annotator, image or well-formed points is refused
+        naming the file and the entry (it was a KeyError traceback)."""
         with open(path) as f:
             try:
                 data = json.load(f)
@@ -221,15 +223,14 @@ class AnnotationSession:
             return
         if data.get("frame", self.frame) != self.frame:
             raise CrossModalRegError(f"{path}: frame '{data.get('frame')}' but the session is in {self.frame}")
-        key = (data["annotator"], data["image"], int(data.get("repeat", 1)))
+        key = _annotation_key(data, path)
         points = {}
-        for p in data.get("points", []):
-            label = p["label"]
+        for i, p in enumerate(data.get("points", [])):
+            label, position = _annotation_point(p, i, path, self.protocol.dimension)
             if label not in self.protocol.labels:
                 raise CrossModalRegError(self.protocol.unknown_label_message(label, path))
-            points[label] = LandmarkPoint(
-                label, key[0], key[1], np.asarray(p["position"], dtype=float), p["placed"], p["modified"], key[2]
-            )
+            points[label] = LandmarkPoint(label, key[0], key[1], position, str(p.get("placed", "")),
+                                          str(p.get("modified", "")), key[2])
         self._points[key] = points
 
     # ------------------------------------------------------------------------------------------------- paths
@@ -410,3 +411,27 @@ class AnnotationSession:
             for label, p in self._points.get((a, image, int(repeat)), {}).items():
                 arr[i, labels.index(label)] = p.position
         return list(annotators), list(labels), arr
+
+
+def _annotation_key(data: dict, path: str) -> tuple[str, str, int]:
+    """(annotator, image, repeat) of an annotation file, checked."""
+    for field in ("annotator", "image"):
+        if not isinstance(data.get(field), str) or not data[field].strip():
+            raise CrossModalRegError(f"{path}: no '{field}' (a name) in this annotation file; add it or remove the "
+                                     "file from the session's annotations folder")
+    repeat = data.get("repeat", 1)
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise CrossModalRegError(f"{path}: 'repeat' must be a whole number >= 1, got {repeat!r}")
+    return data["annotator"], data["image"], repeat
+
+
+def _annotation_point(p, i: int, path: str, dimension: int):
+    """(label, position array) of the i-th point of an annotation file, checked."""
+    if not isinstance(p, dict) or not isinstance(p.get("label"), str):
+        raise CrossModalRegError(f"{path}: point {i + 1} must be an object with a 'label'")
+    pos = p.get("position")
+    if not isinstance(pos, list) or len(pos) != dimension or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pos):
+        raise CrossModalRegError(f"{path}: point '{p['label']}' has position {pos!r:.60}; it must be {dimension} "
+                                 "numbers")
+    return p["label"], np.asarray(pos, dtype=float)
