@@ -216,7 +216,8 @@ def _run_chromium(args: list[str]) -> subprocess.CompletedProcess:
         cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
                *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        # bytes decoded as UTF-8 whatever the locale (a C/POSIX locale would decode the page as ASCII and fail)
+    return subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
 
 
 PROBE = """<script>window.addEventListener('load', function () {
