@@ -68,6 +68,8 @@ class CrossModalRegLandmarksParameterNode:
     outlierDistanceMm: absolute outlier threshold in mm (0: off); outlierFactor: k of the rule
     median + k x 1.4826 x MAD of the leave-one-out distances.
     fleMm: RMS fiducial localisation error for the expected TRE map (0: use the measured FLE).
+    fixedImageName, movingImageName: which images of the session the fixed and moving volumes show (a session
+    made by ``crossmodalreg landmarks import`` holds any number of named images; empty: "fixed" and "moving").
     """
 
     # Scalar and RGB (histology) volumes; the .ui hides subclasses (label maps). parameterNodeWrapper replaces the
@@ -84,6 +86,8 @@ class CrossModalRegLandmarksParameterNode:
     outlierDistanceMm: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     registrationModel: Annotated[str, Choice(["rigid", "similarity", "affine", "tps"])] = "affine"
     fleMm: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    fixedImageName: str = ""
+    movingImageName: str = ""
     landmarkTable: vtkMRMLTableNode
     annotatorTable: vtkMRMLTableNode
     registrationTable: vtkMRMLTableNode
@@ -121,6 +125,8 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._busy = False
         self._cancelRequested = False
         self._placingImage = None
+        self._sessionImagesFolder = None  # the folder whose image names the session-image boxes show
+        self._sessionImagesNamed = False  # that folder's session has images other than "fixed"/"moving"
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -135,6 +141,9 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.startSessionButton.connect("clicked(bool)", self.onStartSession)
+        self.ui.fixedImageComboBox.connect("currentIndexChanged(int)", lambda i: self._onSessionImageChosen("fixed"))
+        self.ui.movingImageComboBox.connect("currentIndexChanged(int)",
+                                            lambda i: self._onSessionImageChosen("moving"))
         self.ui.placeFixedButton.connect("clicked(bool)", lambda: self.onPlaceNext("fixed"))
         self.ui.placeMovingButton.connect("clicked(bool)", lambda: self.onPlaceNext("moving"))
         self.ui.blindedCheckBox.connect("toggled(bool)", self.onBlindedToggled)
@@ -197,6 +206,7 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def _inputWidgets(self) -> list:
         """Every widget that changes the inputs or starts work; locked while work runs."""
         names = ("fixedVolumeSelector", "movingVolumeSelector", "protocolPathLineEdit", "sessionFolderLineEdit",
+                 "fixedImageComboBox", "movingImageComboBox",
                  "annotatorLineEdit", "repeatSpinBox", "blindedCheckBox", "startSessionButton", "placeFixedButton",
                  "placeMovingButton", "consensusComboBox", "outlierFactorSpinBox", "outlierDistanceSpinBox",
                  "landmarkTableSelector", "annotatorTableSelector", "computeStatisticsButton", "modelComboBox",
@@ -262,13 +272,56 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
                        self.ui.registerButton, self.ui.expectedTreButton, self.ui.importButton,
                        self.ui.exportButton):
             button.enabled = active
+        self._refreshSessionImages()
         self._showNextLandmark()
+
+    def _refreshSessionImages(self) -> None:
+        """Offer the session folder's image names as the images the fixed and moving volumes show.
+
+        A new folder (or a two-image session) has only "fixed" and "moving": the boxes show them, disabled. A
+        session over N named images (e.g. five stains from ``crossmodalreg landmarks import``) offers all of them.
+        """
+        p = self._parameterNode
+        folder = str(p.sessionFolder) if p and _isSet(p.sessionFolder) else ""
+        if folder == self._sessionImagesFolder:
+            for box in (self.ui.fixedImageComboBox, self.ui.movingImageComboBox):
+                box.enabled = self._sessionImagesNamed  # a locked run re-enables every input afterwards
+            return
+        self._sessionImagesFolder = folder
+        names = self.logic.sessionImageNames(folder) or ["fixed", "moving"]
+        named = self._sessionImagesNamed = set(names) != {"fixed", "moving"}
+        for role, box, index in (("fixed", self.ui.fixedImageComboBox, 0),
+                                 ("moving", self.ui.movingImageComboBox, 1)):
+            wasBlocked = box.blockSignals(True)
+            box.clear()
+            for name in names:
+                box.addItem(name)
+            current = getattr(p, f"{role}ImageName", "") if p else ""
+            if current not in names:
+                current = role if role in names else names[min(index, len(names) - 1)]
+            box.currentIndex = names.index(current)
+            box.enabled = named
+            box.blockSignals(wasBlocked)
+        if p and named:
+            self._onSessionImageChosen("fixed")
+            self._onSessionImageChosen("moving")
+
+    def _onSessionImageChosen(self, role) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        box = self.ui.fixedImageComboBox if role == "fixed" else self.ui.movingImageComboBox
+        value = box.currentText if box.enabled else ""
+        if getattr(p, f"{role}ImageName") != value:
+            setattr(p, f"{role}ImageName", value)
 
     def _showNextLandmark(self) -> None:
         text = self.logic.nextLandmarkText() if self.logic.session is not None else _("No session")
         self.ui.nextLandmarkLabel.text = text
 
     def onStartSession(self) -> None:
+        self._sessionImagesFolder = None  # read the folder's image names again (a session may have been made since)
+        self._refreshSessionImages()
         with slicer.util.tryWithErrorDisplay(_("Failed to start the annotation session."), waitCursor=True):
             self.logic.startSession(self._parameterNode, onChange=self._onPointsSaved, onError=self._onSaveFailed)
             self._updateButtons()
@@ -373,6 +426,7 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         self.recorders = {}   # same keys -> SessionRecorder
         self.statistics = None
         self.consensus = {}   # image -> consensus markups node (in that image's own space)
+        self.roles = {"fixed": "fixed", "moving": "moving"}  # role -> the session image the role's volume shows
         self.registration = None  # the last PointRegistrationResult (fixed -> moving)
 
     def getParameterNode(self):
@@ -402,16 +456,19 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
             if not _isSet(parameterNode.protocolFile):
                 raise CrossModalRegError(_("Choose a protocol file to start a new session in an empty folder."))
             protocol = load_protocol(str(parameterNode.protocolFile))
+        roles = self.imageRoles(parameterNode, AnnotationSession.open(folder).images if resume else None)
         self.closeSession(removeNodes=True)  # every point is saved already; the nodes are rebuilt from the folder
-        volumes = {"fixed": parameterNode.fixedVolume, "moving": parameterNode.movingVolume}
+        volumes = {roles["fixed"]: parameterNode.fixedVolume, roles["moving"]: parameterNode.movingVolume}
         if resume:
-            session, nodes = mrml_layer.load_session_into_scene(slicer.mrmlScene, folder, volumes=volumes)
+            session, nodes = mrml_layer.load_session_into_scene(slicer.mrmlScene, folder, volumes=volumes,
+                                                                images=list(volumes))
         else:
             fixedName = parameterNode.fixedVolume.GetName() if parameterNode.fixedVolume else ""
             movingName = parameterNode.movingVolume.GetName() if parameterNode.movingVolume else ""
             session = AnnotationSession.create(folder, protocol, fixed_image=fixedName, moving_image=movingName)
             nodes = {}
-        for image in ("fixed", "moving"):
+        self.roles = roles
+        for image in (roles["fixed"], roles["moving"]):
             key = (annotator, image, int(parameterNode.repeat))
             if key not in nodes:
                 nodes[key] = mrml_layer.create_annotation_node(slicer.mrmlScene, session, annotator, image,
@@ -425,8 +482,45 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
             else:
                 node.SetLocked(True)  # other annotators' (or other repeats') points are read-only here
         self.applyBlinding(parameterNode)
-        logging.info(f"Landmark session {folder}: recording {annotator}, repeat {parameterNode.repeat}")
+        logging.info(f"Landmark session {folder}: recording {annotator}, repeat {parameterNode.repeat}, images "
+                     f"{roles['fixed']} (fixed) and {roles['moving']} (moving)")
         return session
+
+    @staticmethod
+    def sessionImageNames(folder) -> list:
+        """The image names of the session in ``folder`` ([] when there is none yet or it cannot be read)."""
+        from CrossModalRegLib.errors import CrossModalRegError
+        from CrossModalRegLib.landmarks import AnnotationSession
+
+        if not _isSet(folder) or not os.path.isfile(os.path.join(str(folder), "session.json")):
+            return []
+        try:
+            return list(AnnotationSession.open(str(folder)).images)
+        except (CrossModalRegError, OSError, ValueError):
+            return []
+
+    @staticmethod
+    def imageRoles(parameterNode, images=None) -> dict:
+        """{"fixed": session image name, "moving": session image name} for the session's ``images`` (None: a new
+        session, whose images are "fixed" and "moving"). Empty names in the parameter node pick "fixed"/"moving"
+        when the session has them, else its first two images."""
+        from CrossModalRegLib.errors import CrossModalRegError
+
+        names = list(images) if images is not None else ["fixed", "moving"]
+        chosen = {}
+        for role, given, index in (("fixed", parameterNode.fixedImageName, 0),
+                                   ("moving", parameterNode.movingImageName, 1)):
+            name = (given or "").strip()
+            if not name:
+                name = role if role in names else (names[index] if index < len(names) else "")
+            if name not in names:
+                raise CrossModalRegError(_("The session has no image '{name}'; its images are {names}. Choose "
+                                           "the session images again.").format(name=name, names=", ".join(names)))
+            chosen[role] = name
+        if chosen["fixed"] == chosen["moving"]:
+            raise CrossModalRegError(_("Choose two different session images for the fixed and the moving volume "
+                                       "(both are '{name}').").format(name=chosen["fixed"]))
+        return chosen
 
     def closeSession(self, removeNodes=False) -> None:
         """Stop recording (every change is already saved); optionally remove the session's annotation nodes."""
@@ -439,14 +533,16 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
             remove_nodes(slicer.mrmlScene, list(self.nodes.values()))
         self.nodes = {}
         self.session = None
+        self.roles = {"fixed": "fixed", "moving": "moving"}
         self.statistics = None
         self.registration = None
         self.consensus = {}
 
     def _currentNode(self, parameterNode, image):
+        """The annotator's node on the session image shown as ``image`` ("fixed" or "moving")."""
         from CrossModalRegLib.errors import CrossModalRegError
 
-        key = (parameterNode.annotator.strip(), image, int(parameterNode.repeat))
+        key = (parameterNode.annotator.strip(), self.roles[image], int(parameterNode.repeat))
         if key not in self.recorders:
             raise CrossModalRegError(_("Start the session as this annotator first."))
         return self.nodes[key]
@@ -545,7 +641,9 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
                 node = table_node_from_rows(slicer.mrmlScene, f"Landmark {name}", cols, rows, node=node)
                 node.SetAttribute(OUTPUT_ATTRIBUTE, tag)
         self.consensus = mrml_layer.consensus_nodes(
-            slicer.mrmlScene, stats, volumes={"fixed": parameterNode.fixedVolume, "moving": parameterNode.movingVolume})
+            slicer.mrmlScene, stats, volumes={self.roles["fixed"]: parameterNode.fixedVolume,
+                                              self.roles["moving"]: parameterNode.movingVolume},
+            images=[self.roles["fixed"], self.roles["moving"]])
         self.statistics = stats
         return stats
 
@@ -571,9 +669,11 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
 
         self._checkOutputs(parameterNode)
         stats = self.computeStatistics(parameterNode)  # always from the points as saved now
-        if not {"fixed", "moving"} <= set(stats.per_image):
-            raise CrossModalRegError(_("Both images need at least two annotators before registering."))
-        fixed, moving = stats.per_image["fixed"], stats.per_image["moving"]
+        fixedName, movingName = self.roles["fixed"], self.roles["moving"]
+        if not {fixedName, movingName} <= set(stats.per_image):
+            raise CrossModalRegError(_("Both images ({fixed}, {moving}) need landmarks before registering.").format(
+                fixed=fixedName, moving=movingName))
+        fixed, moving = stats.per_image[fixedName], stats.per_image[movingName]
         import numpy as np
 
         fOk = np.all(np.isfinite(fixed.consensus), axis=1)
@@ -602,10 +702,10 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
             moving.SetAndObserveTransformNodeID(parameterNode.outputTransform.GetID())
             dim = self.session.protocol.dimension
             for (_annotator, image, _repeat), node in self.nodes.items():
-                if image == "moving":
+                if image == movingName:
                     mrml_layer.attach_annotation_node(node, moving, dim)
-            if "moving" in self.consensus:
-                mrml_layer.attach_annotation_node(self.consensus["moving"], moving, dim)
+            if movingName in self.consensus:
+                mrml_layer.attach_annotation_node(self.consensus[movingName], moving, dim)
         self.registration = result
         return result
 
@@ -622,7 +722,7 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         from CrossModalRegLib import views
         from CrossModalRegLib.errors import CrossModalRegError
 
-        node = self.consensus.get(image)
+        node = self.consensus.get(self.roles.get(image, image))
         if node is None:
             raise CrossModalRegError(_("Compute the statistics first (no consensus on the {image} image).").format(
                 image=image))
@@ -650,13 +750,13 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
             raise CrossModalRegError(_("Select the fixed volume."))
         self._checkOutputs(parameterNode)
         stats = self.statistics or self.computeStatistics(parameterNode)
-        fixed = stats.per_image.get("fixed")
+        fixed = stats.per_image.get(self.roles["fixed"])
         if fixed is None:
             raise CrossModalRegError(_("The fixed image needs at least two annotators."))
         pts = fixed.consensus[np.all(np.isfinite(fixed.consensus), axis=1)]
         fle = parameterNode.fleMm
         if not fle:
-            moving = stats.per_image.get("moving")
+            moving = stats.per_image.get(self.roles["moving"])
             fle = float(np.hypot(fixed.fle_overall, moving.fle_overall if moving else fixed.fle_overall))
         parameterNode.expectedTreVolume = mrml_layer.expected_tre_volume(
             slicer.mrmlScene, pts, parameterNode.fixedVolume, fle, node=parameterNode.expectedTreVolume,
@@ -665,12 +765,13 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
 
     # --------------------------------------------------------------------------------------------- files
     def importLandmarkFile(self, parameterNode, path, image, onChange=None, onError=None):
-        """Import a .mrk.json, .fcsv or CSV file as the current annotator's points on ``image`` (validated first)."""
+        """Import a .mrk.json, .fcsv or CSV file as the current annotator's points on the session image shown as
+        ``image`` ("fixed" or "moving"), validated first."""
         from CrossModalRegLib.landmarks import read_landmark_file
 
         session = self._requireSession()
         landmarks = read_landmark_file(path, dimension=session.protocol.dimension)
-        session.import_points(parameterNode.annotator.strip(), image, landmarks.labels, landmarks.points,
+        session.import_points(parameterNode.annotator.strip(), self.roles[image], landmarks.labels, landmarks.points,
                               repeat=int(parameterNode.repeat), source=path)
         self.startSession(parameterNode, onChange=onChange, onError=onError)  # rebuild the nodes from the session
 

@@ -65,8 +65,7 @@ def create_annotation_node(scene, session: AnnotationSession, annotator: str, im
     """
     if not annotator or not annotator.strip():
         raise CrossModalRegError("the annotator name is empty; enter your name or initials before placing landmarks")
-    if image not in ("fixed", "moving"):
-        raise CrossModalRegError(f"image must be 'fixed' or 'moving', not '{image}'")
+    session.check_image_name(image)
     protocol: LandmarkProtocol = session.protocol
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", annotation_node_name(annotator, image, repeat))
@@ -183,9 +182,10 @@ class SessionRecorder:
         self.annotator = annotator or node.GetAttribute(ANNOTATOR_ATTRIBUTE)
         self.image = image or node.GetAttribute(IMAGE_ATTRIBUTE)
         self.repeat = int(repeat or node.GetAttribute(REPEAT_ATTRIBUTE) or 1)
-        if not self.annotator or self.image not in ("fixed", "moving"):
+        if not self.annotator or not self.image:
             raise CrossModalRegError(f"node '{node.GetName()}' has no annotator/image; create it with "
                                      "create_annotation_node")
+        session.check_image_name(self.image)
         self.last_error: Exception | None = None
         self.interacting = False
         self.image_volume = image_volume
@@ -288,16 +288,23 @@ class SessionRecorder:
         self.on_change = self.on_error = None
 
 
-def load_session_into_scene(scene, folder: str, *, volumes: dict | None = None) -> tuple[AnnotationSession, dict]:
+def load_session_into_scene(scene, folder: str, *, volumes: dict | None = None,
+                            images=None) -> tuple[AnnotationSession, dict]:
     """Open a session folder and create one annotation node per (annotator, image, repeat) in ``scene``.
 
-    ``volumes`` ({"fixed": node, "moving": node}, optional): each node goes under its image's parent transform.
-    Returns the session and ``{(annotator, image, repeat): node}``. Nothing is written.
+    ``volumes`` ({image name: volume node}, optional): each node goes where its points are that volume's own
+    coordinates (:func:`attach_annotation_node`). ``images`` (optional): only the nodes of these session images
+    (e.g. the two of a five-stain session shown now). Returns the session and ``{(annotator, image, repeat):
+    node}``. Nothing is written.
     """
     session = AnnotationSession.open(folder)
     volumes = volumes or {}
+    if images is not None:
+        for image in images:
+            session.check_image_name(image)
     nodes = {}
-    keys = sorted({(p.annotator, p.image, p.repeat) for p in session.points()})
+    keys = sorted({(p.annotator, p.image, p.repeat) for p in session.points()
+                   if images is None or p.image in images})
     for annotator, image, repeat in keys:
         nodes[(annotator, image, repeat)] = create_annotation_node(scene, session, annotator, image, repeat=repeat,
                                                                    image_volume=volumes.get(image))
@@ -380,17 +387,21 @@ def find_output_node(scene, cls: str, attribute: str, value: str):
     return None
 
 
-def consensus_nodes(scene, session_stats, *, name_prefix: str = "Consensus", volumes: dict | None = None) -> dict:
+def consensus_nodes(scene, session_stats, *, name_prefix: str = "Consensus", volumes: dict | None = None,
+                    images=None) -> dict:
     """One locked fiducial node per analysed image holding the consensus positions (LPS -> RAS).
 
-    The consensus of an image is in that image's own space: with ``volumes`` ({"fixed": node, "moving": node})
-    each node goes under its image's parent transform. Repeated calls update the nodes made before for the same
-    session (found by attribute), they do not add new ones.
+    The consensus of an image is in that image's own space: with ``volumes`` ({image name: volume node})
+    each node goes where its points are that image's own coordinates; ``images``: only these images (default
+    all). Repeated calls update the nodes made before for the same session (found by attribute), they do not add
+    new ones.
     """
     out = {}
     volumes = volumes or {}
     folder = session_stats.session.folder
     for image, st in session_stats.per_image.items():
+        if images is not None and image not in images:
+            continue
         ok = np.all(np.isfinite(st.consensus), axis=1)
         pts = st.consensus[ok]
         dim = pts.shape[1]
