@@ -573,18 +573,12 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         stats = self.computeStatistics(parameterNode)  # always from the points as saved now
         if not {"fixed", "moving"} <= set(stats.per_image):
             raise CrossModalRegError(_("Both images need at least two annotators before registering."))
-        fixed, moving = stats.per_image["fixed"], stats.per_image["moving"]
-        import numpy as np
-
-        fOk = np.all(np.isfinite(fixed.consensus), axis=1)
-        mOk = np.all(np.isfinite(moving.consensus), axis=1)
-        labels, f, m, _dropped = pair_landmarks(
-            [lab for lab, ok in zip(fixed.labels, fOk) if ok], fixed.consensus[fOk],
-            [lab for lab, ok in zip(moving.labels, mOk) if ok], moving.consensus[mOk],
-            fixed_source=_("fixed consensus"), moving_source=_("moving consensus"),
-            drop_unpaired=True)  # a landmark with no consensus on either image (unplaced, or its pair flagged)
-        if _dropped:
-            logging.info(f"Landmark registration without {', '.join(_dropped)}: no consensus on both images")
+        # A landmark with no consensus on either image (unplaced, or its pair flagged) is left out, and logged.
+        pairs = pair_landmarks(stats.consensus_landmarks("fixed"), stats.consensus_landmarks("moving"),
+                               unpaired="skip")
+        labels, f, m = pairs.labels, pairs.fixed, pairs.moving
+        if pairs.unpaired:
+            logging.info(f"Landmark registration without {', '.join(pairs.unpaired)}: no consensus on both images")
         result = register_points(f, m, model=parameterNode.registrationModel, labels=labels,
                                  units=self.session.units)
         parameterNode.registrationTable = table_node_from_rows(

@@ -6,7 +6,8 @@
 
 ``stats`` writes ``landmarks.tsv``, ``annotators.tsv``, ``summary.tsv`` (and ``repeatability.tsv`` when an
 annotator repeated the annotation), each with a Slicer ``.schema.tsv`` (units and descriptions), plus
-``landmark_statistics.json`` (summary numbers and provenance). ``register`` writes ``registration.tsv``
+``landmark_statistics.json`` (summary numbers and provenance) and ``consensus_<image>.csv`` per image (the landmark
+CSV: LPS mm in 3D, pixels in 2D; ``register --fixed-landmarks`` and ``validate`` read it). ``register`` writes ``registration.tsv``
 (per-landmark FRE and leave-one-out TRE), ``registration.json`` and, for linear models,
 ``transform_fixed_to_moving.tfm`` (maps fixed points to moving points, LPS mm or pixels, ITK convention).
 Bad input is reported before anything is written.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 
 from ..errors import CrossModalRegError
+from . import add_skip_unpaired_option
 
 
 def add_parser(subparsers):
@@ -56,11 +58,10 @@ def add_parser(subparsers):
     s.set_defaults(func=run_stats)
 
     r = sub.add_parser("register", help="point-based registration from paired landmark files")
-    r.add_argument("--fixed-landmarks", required=True, help=".mrk.json, .fcsv, frame-stated .csv or ANHIR .csv")
+    r.add_argument("--fixed-landmarks", required=True, help=".mrk.json, .fcsv, landmark .csv or ANHIR .csv")
     r.add_argument("--moving-landmarks", required=True, help="same formats; paired with the fixed ones by label")
     r.add_argument("--model", choices=("rigid", "similarity", "affine", "tps"), default="affine")
-    r.add_argument("--drop-unpaired", action="store_true",
-                   help="ignore landmarks present in one file only (default: report them as an error)")
+    add_skip_unpaired_option(r, "--drop-unpaired")  # --drop-unpaired: the older name, kept as an alias
     r.add_argument("--output-dir", required=True)
     r.set_defaults(func=run_register)
     return p
@@ -109,7 +110,7 @@ def run_import(args) -> int:
 
 
 def run_stats(args) -> int:
-    from ..landmarks import AnnotationSession, session_statistics
+    from ..landmarks import AnnotationSession, session_statistics, write_landmark_set_csv
     from ..provenance import write_json_atomic
     from ..tables import write_tsv
 
@@ -135,6 +136,10 @@ def run_stats(args) -> int:
         "consensus": args.consensus, "outlier_distance": args.outlier_distance,
         "outlier_factor": factor, "bias_alpha": args.bias_alpha, "units": stats.distance_units})
     write_json_atomic(os.path.join(args.output_dir, "landmark_statistics.json"), summary)
+    for image in stats.per_image:
+        consensus = stats.consensus_landmarks(image)
+        if consensus is not None and len(consensus):
+            write_landmark_set_csv(os.path.join(args.output_dir, f"consensus_{image}.csv"), consensus)
     for image, reason in stats.skipped.items():
         print(f"{image}: skipped ({reason})")
     for image, st in stats.per_image.items():
@@ -160,16 +165,10 @@ def run_register(args) -> int:
     from ..provenance import write_json_atomic
     from ..tables import write_tsv
 
-    fixed = read_landmark_file(args.fixed_landmarks)
-    moving = read_landmark_file(args.moving_landmarks)
-    if fixed.frame != moving.frame:
-        raise CrossModalRegError(
-            f"{args.fixed_landmarks} is in {fixed.frame} but {args.moving_landmarks} in {moving.frame}; "
-            "give both in the same frame")
-    labels, fp, mp, dropped = pair_landmarks(fixed.labels, fixed.points, moving.labels, moving.points,
-                                             drop_unpaired=args.drop_unpaired, fixed_source=args.fixed_landmarks,
-                                             moving_source=args.moving_landmarks)
-    result = register_points(fp, mp, model=args.model, labels=labels, units=fixed.units)
+    pairs = pair_landmarks(read_landmark_file(args.fixed_landmarks), read_landmark_file(args.moving_landmarks),
+                           unpaired="skip" if args.skip_unpaired_landmarks else "error")
+    labels, fp, mp, dropped = pairs.labels, pairs.fixed, pairs.moving, pairs.unpaired
+    result = register_points(fp, mp, model=args.model, labels=labels, units=pairs.units)
     os.makedirs(args.output_dir, exist_ok=True)
     write_tsv(os.path.join(args.output_dir, "registration.tsv"), registration_columns(result.units),
               registration_rows(result))
@@ -177,14 +176,16 @@ def run_register(args) -> int:
         sitk.WriteTransform(result.transform_fixed_to_moving,
                             os.path.join(args.output_dir, "transform_fixed_to_moving.tfm"))
     write_json_atomic(os.path.join(args.output_dir, "registration.json"), {
-        "model": result.model, "units": result.units, "frame": fixed.frame, "n_landmarks": len(labels),
+        "model": result.model, "units": result.units, "frame": pairs.frame, "n_landmarks": len(labels),
         "dropped_unpaired": dropped, "fre_rms": result.fre_rms, "loo_tre_rms": result.loo_tre_rms,
         "matrix_fixed_to_moving": None if result.matrix_fixed_to_moving is None
         else result.matrix_fixed_to_moving.tolist(),
         "direction": "maps fixed-space points to moving-space points", "notes": result.notes,
         "provenance": _provenance({"fixed_landmarks": args.fixed_landmarks, "moving_landmarks": args.moving_landmarks},
-                                  {"model": args.model, "drop_unpaired": args.drop_unpaired}),
+                                  {"model": args.model, "skip_unpaired_landmarks": args.skip_unpaired_landmarks}),
     })
+    if dropped:
+        print(f"skipped, on one side only: {', '.join(dropped)}")
     print(f"{result.model}: {len(labels)} landmarks, FRE RMS {result.fre_rms:.3f} {result.units}, "
           f"leave-one-out TRE RMS {result.loo_tre_rms:.3f} {result.units}")
     return 0

@@ -6,6 +6,7 @@ import json
 import os
 
 from ..errors import CrossModalRegError
+from . import add_skip_unpaired_option
 
 
 def add_parser(sub):
@@ -24,8 +25,9 @@ def add_parser(sub):
                    help=f"preset name ({', '.join(available_presets())}) or a preset JSON file")
     p.add_argument("--fixed-mask", help="label map: metric computed only where non-zero (fixed space)")
     p.add_argument("--moving-mask", help="label map in moving space")
-    p.add_argument("--fixed-landmarks", help="landmarks on the fixed image (.mrk.json, .fcsv, frame-stated .csv, ANHIR .csv)")
+    p.add_argument("--fixed-landmarks", help="landmarks on the fixed image (.mrk.json, .fcsv, landmark .csv, ANHIR .csv)")
     p.add_argument("--moving-landmarks", help="the same landmarks on the moving image (paired by label)")
+    add_skip_unpaired_option(p)
     p.add_argument("--landmarks-for", choices=["initialization", "evaluation"], default="initialization",
                    help="use landmarks to initialise (default) or only to report distances before/after")
     p.add_argument("--initial-transform", help="ITK transform file (fixed -> moving, LPS) to start from")
@@ -77,6 +79,7 @@ def repeat_command(args) -> str:
               "--threads", str(args.threads)]
     if args.fixed_landmarks:
         words += ["--landmarks-for", args.landmarks_for]
+        words += ["--skip-unpaired-landmarks"] if args.skip_unpaired_landmarks else []
     words += [flag for flag, on in (("--no-rotation-search", args.no_rotation_search),
                                     ("--no-orientation-search", args.no_orientation_search)) if on]
     for item in args.set:
@@ -89,7 +92,7 @@ def run(args) -> int:
     import SimpleITK as sitk
 
     from .. import engine
-    from ..pipeline import TerminalProgress, pair_by_label, read_image, read_landmarks_for, run_registration_job
+    from ..pipeline import TerminalProgress, read_image, read_landmark_pairs, run_registration_job
 
     fixed = read_image(args.fixed, "fixed")
     moving = read_image(args.moving, "moving")
@@ -99,10 +102,11 @@ def run(args) -> int:
     if bool(args.fixed_landmarks) != bool(args.moving_landmarks):
         raise CrossModalRegError("give both --fixed-landmarks and --moving-landmarks, or neither")
     if args.fixed_landmarks:
-        f_labels, f_pts = read_landmarks_for(fixed, args.fixed_landmarks, "fixed")
-        m_labels, m_pts = read_landmarks_for(moving, args.moving_landmarks, "moving")
-        anhir = fixed.GetDimension() == 2 and len(f_labels) != len(m_labels)
-        fl, ml, labels = pair_by_label(f_labels, f_pts, m_labels, m_pts, truncate=anhir)
+        pairs = read_landmark_pairs(fixed, moving, args.fixed_landmarks, args.moving_landmarks,
+                                    unpaired="skip" if args.skip_unpaired_landmarks else "error")
+        fl, ml, labels = pairs.fixed, pairs.moving, pairs.labels
+        if pairs.unpaired:
+            print(f"landmarks: {len(pairs)} pairs; skipped, on one side only: {', '.join(pairs.unpaired)}")
     initial = None
     if args.initial_transform:
         if not os.path.isfile(args.initial_transform):
