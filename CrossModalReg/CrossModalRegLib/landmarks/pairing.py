@@ -90,7 +90,7 @@ def pair_landmarks(fixed: LandmarkSet, moving: LandmarkSet, *, unpaired: str = "
         parts = [f"{preview(only)} only in {name}" for only, name in ((only_f, f_name), (only_m, m_name)) if only]
         raise CrossModalRegError(
             "landmark labels do not match: " + "; ".join(parts) + ". Place them on both images, rename or remove "
-            "them, or skip unpaired landmarks (--skip-unpaired-landmarks)")
+            "them, or skip unpaired landmarks (--skip-unpaired-landmarks on the command line)")
     fixed_index = {lab: i for i, lab in enumerate(fixed.labels)}
     fp = fixed.points[[fixed_index[lab] for lab in labels]]
     mp = moving.points[[moving_index[lab] for lab in labels]]
