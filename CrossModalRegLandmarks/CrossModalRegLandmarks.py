@@ -669,7 +669,7 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         self.startSession(parameterNode, onChange=onChange, onError=onError)  # rebuild the nodes from the session
 
     def exportSession(self, folder):
-        """Write every annotation node as .mrk.json (Slicer storage node) and a frame-stated CSV into ``folder``."""
+        """Write every annotation node as .mrk.json (Slicer storage node) and as the landmark CSV into ``folder``."""
         from CrossModalRegLib.landmarks import mrml_layer, write_landmarks_csv
 
         session = self._requireSession()
@@ -679,11 +679,11 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
             base = os.path.join(folder, f"{annotator}_{image}_r{repeat}")
             written.append(mrml_layer.export_markups_json(node, base + ".mrk.json", session=session))
             pts = session.points(annotator=annotator, image=image, repeat=repeat)
-            if session.protocol.dimension == 3:
-                meta = [{"annotator": p.annotator, "image": p.image, "repeat": p.repeat, "placed": p.placed,
-                         "modified": p.modified} for p in pts]
-                written.append(write_landmarks_csv(base + ".csv", [p.label for p in pts],
-                                                   [p.position for p in pts], metadata=meta))
+            meta = [{"annotator": p.annotator, "image": p.image, "repeat": p.repeat, "placed": p.placed,
+                     "modified": p.modified} for p in pts]
+            # the landmark CSV every command reads: LPS mm in 3D, pixels of the image in 2D
+            written.append(write_landmarks_csv(base + ".csv", [p.label for p in pts], [p.position for p in pts],
+                                               frame=session.frame, metadata=meta))
         return written
 
 
