@@ -231,3 +231,36 @@ def test_one_sided_labels_are_refused_by_every_command_and_skipped_on_request(fi
     if command != "register":  # register's run with the option is the chain test's (and costs a registration)
         assert cli.main(argv + ["--skip-unpaired-landmarks"]) == 0
         assert out.exists()
+
+
+def test_batch_pairs_by_label_skipping_one_sided_labels_only_for_anhir_pixel_files(files, shared_data, tmp_path):
+    from CrossModalRegLib.batch.case import _landmark_pairs
+    from CrossModalRegLib.batch.cohort import CohortCase
+
+    h = shared_data / "histology"
+    he, pck = sitk.ReadImage(str(h / "Rat-Kidney_HE.jpg")), sitk.ReadImage(str(h / "Rat-Kidney_PanCytokeratin.jpg"))
+    case = CohortCase("anhir", str(h / "Rat-Kidney_HE.jpg"), str(h / "Rat-Kidney_PanCytokeratin.jpg"),
+                      fixed_landmarks=str(h / "Rat-Kidney_HE.csv"), moving_landmarks=str(h / "Rat-Kidney_PanCytokeratin.csv"))
+    pairs = _landmark_pairs(case, he, pck)
+    assert pairs.labels == [str(i) for i in range(1, 70)] and pairs.unpaired == ["70", "71"]
+    pixels = read_landmark_file(str(h / "Rat-Kidney_HE.csv")).points[:69]
+    np.testing.assert_allclose(pairs.fixed, [he.TransformContinuousIndexToPhysicalPoint(tuple(p)) for p in pixels])
+    d, p = files
+    short = tmp_path / "short.csv"
+    write_landmarks_csv(str(short), LABELS[:5], FIXED_LPS[:5])
+    case3d = CohortCase("3d", p["fixed"], p["moving"], fixed_landmarks=p["F"], moving_landmarks=str(short))
+    fixed, moving = sitk.ReadImage(p["fixed"]), sitk.ReadImage(p["moving"])
+    with pytest.raises(CrossModalRegError, match=r"\['chin'\] only in fixed"):
+        _landmark_pairs(case3d, fixed, moving)
+
+
+def test_validate_refuses_2d_pixel_landmarks_in_one_line(files, tmp_path, capsys):
+    d, p = files
+    pixel = tmp_path / "px.csv"
+    write_landmarks_csv(str(pixel), ["a", "b", "c"], np.zeros((3, 2)), frame="pixel")
+    sitk.WriteTransform(sitk.TranslationTransform(3, tuple(SHIFT)), str(tmp_path / "t.tfm"))
+    out = tmp_path / "out"
+    assert cli.main(["validate", "--fixed", p["fixed"], "--moving", p["moving"], "--transform", str(tmp_path / "t.tfm"),
+                     "--fixed-landmarks", str(pixel), "--moving-landmarks", p["M"], "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "px.csv are 2D (pixel)" in err[0] and not out.exists()
