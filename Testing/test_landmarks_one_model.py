@@ -264,3 +264,18 @@ def test_validate_refuses_2d_pixel_landmarks_in_one_line(files, tmp_path, capsys
                      "--fixed-landmarks", str(pixel), "--moving-landmarks", p["M"], "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "px.csv are 2D (pixel)" in err[0] and not out.exists()
+
+
+def test_a_landmark_set_refuses_what_pairing_cannot_use_and_the_writer_what_a_csv_cannot_hold(tmp_path):
+    with pytest.raises(CrossModalRegError, match="M.csv: duplicate landmark label 'a'"):
+        LandmarkSet(["a", "b", "a"], np.zeros((3, 3)), source="M.csv")
+    with pytest.raises(CrossModalRegError, match="2 labels for 3 points"):
+        LandmarkSet(["a", "b"], np.zeros((3, 3)))
+    with pytest.raises(CrossModalRegError, match=r"landmarks \['b'\] have missing or non-numeric"):
+        LandmarkSet(["a", "b"], [[0, 0, 0], [np.nan, 0, 0]])
+    with pytest.raises(CrossModalRegError, match="pixel points need 2"):
+        LandmarkSet(["a"], np.zeros((1, 3)), "pixel")
+    node_like = LandmarkSet(["F-1, left", "F-2"], np.zeros((2, 3)))  # a Slicer node may hold such a label
+    with pytest.raises(CrossModalRegError, match="contains a comma"):
+        write_landmarks_csv(str(tmp_path / "x.csv"), node_like.labels, node_like.points)
+    assert not (tmp_path / "x.csv").exists()

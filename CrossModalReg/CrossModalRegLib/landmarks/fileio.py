@@ -63,7 +63,7 @@ class LandmarkSet:
         if self.frame not in FRAMES:
             raise CrossModalRegError(f"{name}: frame must be one of {', '.join(FRAMES)}, not '{self.frame}'")
         self.labels = [str(v) for v in self.labels]
-        validate_labels(self.labels, source=name)
+        _check_unique_labels(self.labels, name)
         pts = np.asarray(self.points, dtype=float)
         if pts.size == 0:
             pts = pts.reshape(0, 3 if self.frame == "LPS" else 2)
@@ -91,6 +91,17 @@ class LandmarkSet:
         return len(self.labels)
 
 
+def _check_unique_labels(labels, name):
+    """Non-empty, unique labels (what pairing needs); the files' stricter rules are :func:`.protocol.validate_labels`."""
+    seen = set()
+    for label in labels:
+        if not label.strip():
+            raise CrossModalRegError(f"{name}: a landmark has an empty label; give every landmark a unique label")
+        if label in seen:
+            raise CrossModalRegError(f"{name}: duplicate landmark label '{label}'; labels must be unique")
+        seen.add(label)
+
+
 def format_metadata(meta: dict) -> str:
     """``key=value;...`` text of a point's metadata (for ``.fcsv``/``.mrk.json`` descriptions)."""
     return ";".join(f"{k}={meta[k]}" for k in META_KEYS if meta.get(k) not in (None, ""))
@@ -108,6 +119,7 @@ def parse_metadata(text: str) -> dict:
 
 
 def _finish(labels, points, frame, source, descriptions=None, metadata=None):
+    validate_labels(labels, source=source)  # a file's labels follow the protocol rules (no comma, ...)
     return LandmarkSet(labels, points, frame, source, list(descriptions or []), list(metadata or []))
 
 
@@ -200,6 +212,7 @@ def write_landmarks_csv(path: str, labels, points, *, frame: str = "LPS", metada
     axes = CSV_AXES[frame]
     pts = np.asarray(points, dtype=float).reshape(-1, len(axes)) * (F3 if frame == "RAS" else 1.0)
     LandmarkSet(labels, pts, "pixel" if frame == "pixel" else "LPS", path)  # refuse what could not be read back
+    validate_labels([str(v) for v in labels], source=path)  # and labels the CSV cannot hold
     header = ["label", *axes] + (list(META_KEYS) if metadata is not None else [])
     lines = [",".join(header)]
     for i, (label, p) in enumerate(zip(labels, pts)):
