@@ -673,18 +673,12 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         if not {fixedName, movingName} <= set(stats.per_image):
             raise CrossModalRegError(_("Both images ({fixed}, {moving}) need landmarks before registering.").format(
                 fixed=fixedName, moving=movingName))
-        fixed, moving = stats.per_image[fixedName], stats.per_image[movingName]
-        import numpy as np
-
-        fOk = np.all(np.isfinite(fixed.consensus), axis=1)
-        mOk = np.all(np.isfinite(moving.consensus), axis=1)
-        labels, f, m, _dropped = pair_landmarks(
-            [lab for lab, ok in zip(fixed.labels, fOk) if ok], fixed.consensus[fOk],
-            [lab for lab, ok in zip(moving.labels, mOk) if ok], moving.consensus[mOk],
-            fixed_source=_("fixed consensus"), moving_source=_("moving consensus"),
-            drop_unpaired=True)  # a landmark with no consensus on either image (unplaced, or its pair flagged)
-        if _dropped:
-            logging.info(f"Landmark registration without {', '.join(_dropped)}: no consensus on both images")
+        # A landmark with no consensus on either image (unplaced, or its pair flagged) is left out, and logged.
+        pairs = pair_landmarks(stats.consensus_landmarks(fixedName), stats.consensus_landmarks(movingName),
+                               unpaired="skip")
+        labels, f, m = pairs.labels, pairs.fixed, pairs.moving
+        if pairs.unpaired:
+            logging.info(f"Landmark registration without {', '.join(pairs.unpaired)}: no consensus on both images")
         result = register_points(f, m, model=parameterNode.registrationModel, labels=labels,
                                  units=self.session.units)
         parameterNode.registrationTable = table_node_from_rows(
@@ -776,7 +770,7 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         self.startSession(parameterNode, onChange=onChange, onError=onError)  # rebuild the nodes from the session
 
     def exportSession(self, folder):
-        """Write every annotation node as .mrk.json (Slicer storage node) and a frame-stated CSV into ``folder``."""
+        """Write every annotation node as .mrk.json (Slicer storage node) and as the landmark CSV into ``folder``."""
         from CrossModalRegLib.landmarks import mrml_layer, write_landmarks_csv
 
         session = self._requireSession()
@@ -786,11 +780,11 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
             base = os.path.join(folder, f"{annotator}_{image}_r{repeat}")
             written.append(mrml_layer.export_markups_json(node, base + ".mrk.json", session=session))
             pts = session.points(annotator=annotator, image=image, repeat=repeat)
-            if session.protocol.dimension == 3:
-                meta = [{"annotator": p.annotator, "image": p.image, "repeat": p.repeat, "placed": p.placed,
-                         "modified": p.modified} for p in pts]
-                written.append(write_landmarks_csv(base + ".csv", [p.label for p in pts],
-                                                   [p.position for p in pts], metadata=meta))
+            meta = [{"annotator": p.annotator, "image": p.image, "repeat": p.repeat, "placed": p.placed,
+                     "modified": p.modified} for p in pts]
+            # the landmark CSV every command reads: LPS mm in 3D, pixels of the image in 2D
+            written.append(write_landmarks_csv(base + ".csv", [p.label for p in pts], [p.position for p in pts],
+                                               frame=session.frame, metadata=meta))
         return written
 
 

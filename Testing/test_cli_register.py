@@ -63,7 +63,7 @@ def test_register_with_anhir_landmarks_reports_distances_before_and_after(tmp_pa
     code = cli.main(["register", "--fixed", str(d / "Rat-Kidney_HE.jpg"), "--moving", str(d / "Rat-Kidney_PanCytokeratin.jpg"),
                      "--preset", "histology-stain-affine-bspline", "--fixed-landmarks", str(d / "Rat-Kidney_HE.csv"),
                      "--moving-landmarks", str(d / "Rat-Kidney_PanCytokeratin.csv"), "--landmarks-for", "evaluation",
-                     "--output-dir", str(out), "--no-progress"])
+                     "--skip-unpaired-landmarks", "--output-dir", str(out), "--no-progress"])
     assert code == 0
     lm = json.loads((out / "registration.json").read_text())["landmarks"]
     assert len(lm["labels"]) == 69 and not lm["used_for_initialization"]

@@ -412,3 +412,25 @@ def test_a_session_over_named_images_shows_any_two_of_them_and_registers_them(mo
     assert len(slot_errors) == 1 and "two different session images" in slot_errors[0], slot_errors
     slot_errors.clear()
     assert m.logic.nodes == nodes_before and all(scene.IsNodePresent(n) for n in nodes_before.values())
+
+
+def test_exported_landmark_csvs_are_read_by_the_commands_with_the_sessions_points(lm, slot_errors, tmp_path):
+    from CrossModalRegLib.landmarks import AnnotationSession, pair_landmarks, read_landmark_file
+
+    m = lm["m"]
+    _two_annotators_then_register(m, lm)
+    written = m.logic.exportSession(str(tmp_path / "export"))
+    session = AnnotationSession.open(str(lm["folder"]))
+    csvs = sorted(p for p in written if p.endswith(".csv"))
+    assert [pathlib.Path(p).name for p in csvs] == ["A_fixed_r1.csv", "A_moving_r1.csv", "B_fixed_r1.csv",
+                                                      "B_moving_r1.csv"]
+    for path in csvs:
+        annotator, image, _ = pathlib.Path(path).stem.split("_")
+        assert pathlib.Path(path).read_text().startswith("label,x_lps,y_lps,z_lps,annotator,image")
+        got = read_landmark_file(path)
+        _, labels, arr = session.position_array(image, repeat=1, annotators=[annotator])
+        assert got.labels == list(labels) and got.metadata[0]["annotator"] == annotator
+        np.testing.assert_allclose(got.points, arr[0], atol=1e-12)
+    pairs = pair_landmarks(read_landmark_file(csvs[0]), read_landmark_file(csvs[1]))
+    assert pairs.labels == [f"L{i + 1}" for i in range(N)]
+    assert not slot_errors

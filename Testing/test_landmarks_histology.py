@@ -29,16 +29,17 @@ def test_anhir_files_pair_the_first_69_landmarks_and_name_the_extra_two(histolog
     _, fixed, moving, _ = histology
     assert len(fixed.labels) == 71 and len(moving.labels) == 69 and fixed.frame == "pixel"
     with pytest.raises(CrossModalRegError, match=r"\['70', '71'\] only in fixed"):
-        pair_landmarks(fixed.labels, fixed.points, moving.labels, moving.points)
-    labels, f, m, dropped = pair_landmarks(fixed.labels, fixed.points, moving.labels, moving.points,
-                                           drop_unpaired=True)
+        pair_landmarks(fixed, moving)
+    pairs = pair_landmarks(fixed, moving, unpaired="skip")
+    labels, f, dropped = pairs.labels, pairs.fixed, pairs.unpaired
     assert labels == [str(i) for i in range(1, 70)] and dropped == ["70", "71"]
     np.testing.assert_array_equal(f, fixed.points[:69])
 
 
 def test_affine_registration_of_the_histology_landmarks_fre_and_leave_one_out_tre(histology):
     _, fixed, moving, diagonal = histology
-    labels, f, m, _ = pair_landmarks(fixed.labels, fixed.points, moving.labels, moving.points, drop_unpaired=True)
+    pairs = pair_landmarks(fixed, moving, unpaired="skip")
+    labels, f, m = pairs.labels, pairs.fixed, pairs.moving
     results = {model: register_points(f, m, model=model, labels=labels, units="pixel")
                for model in ("rigid", "similarity", "affine", "tps")}
     for model, r in results.items():

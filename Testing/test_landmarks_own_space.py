@@ -85,12 +85,9 @@ def _session(tmp_path):
 
 def _register(scene, session, fixed, moving, output=None):
     stats = session_statistics(session)
-    f, m = stats.per_image["fixed"], stats.per_image["moving"]
     # as the module does: a landmark whose two annotators were flagged as a pair has no consensus (NaN)
-    fok, mok = np.all(np.isfinite(f.consensus), axis=1), np.all(np.isfinite(m.consensus), axis=1)
-    labels, fp, mp, _ = pair_landmarks([v for v, ok in zip(f.labels, fok) if ok], f.consensus[fok],
-                                       [v for v, ok in zip(m.labels, mok) if ok], m.consensus[mok],
-                                       drop_unpaired=True)
+    pairs = pair_landmarks(stats.consensus_landmarks("fixed"), stats.consensus_landmarks("moving"), unpaired="skip")
+    labels, fp, mp = pairs.labels, pairs.fixed, pairs.moving
     result = register_points(fp, mp, model="rigid", labels=labels)
     node = ml.registration_transform_node(scene, result, node=output)
     moving.SetAndObserveTransformNodeID(node.GetID())

@@ -16,7 +16,8 @@ from CrossModalRegLib.landmarks import (
     register_points,
     repeatability,
 )
-from CrossModalRegLib.landmarks.registration import pair_landmarks
+from CrossModalRegLib.landmarks.fileio import LandmarkSet
+from CrossModalRegLib.landmarks.pairing import pair_landmarks
 
 N_ANNOTATORS, N_LANDMARKS, SIGMA_MM = 5, 20, 1.0
 TRUE_FLE_MM = SIGMA_MM * math.sqrt(3.0)  # RMS length of an isotropic 3D error vector
@@ -200,13 +201,14 @@ def test_too_few_points_says_how_many_are_needed():
 
 
 def test_one_sided_landmarks_are_named():
-    with pytest.raises(CrossModalRegError, match=r"\['L3'\] only in fixed.csv"):
-        pair_landmarks(["L1", "L2", "L3"], np.zeros((3, 3)), ["L2", "L1"], np.zeros((2, 3)),
-                       fixed_source="fixed.csv")
-    labels, f, m, dropped = pair_landmarks(["L1", "L2", "L3"], np.arange(9.).reshape(3, 3), ["L2", "L1"],
-                                           np.arange(6.).reshape(2, 3), drop_unpaired=True)
-    assert labels == ["L1", "L2"] and dropped == ["L3"]
-    np.testing.assert_array_equal(m[0], [3.0, 4.0, 5.0])
+    fixed = LandmarkSet(["L1", "L2", "L3"], np.arange(9.).reshape(3, 3), source="fixed.csv")
+    moving = LandmarkSet(["L2", "L1"], np.arange(6.).reshape(2, 3), source="moving.csv")
+    with pytest.raises(CrossModalRegError, match=r"\['L3'\] only in fixed \(fixed.csv\)"):
+        pair_landmarks(fixed, moving)
+    pairs = pair_landmarks(fixed, moving, unpaired="skip")
+    assert pairs.labels == ["L1", "L2"] and pairs.unpaired == ["L3"]
+    np.testing.assert_array_equal(pairs.moving[0], [3.0, 4.0, 5.0])  # L1 is the moving file's second row
+    np.testing.assert_array_equal(pairs.fixed[0], [0.0, 1.0, 2.0])
 
 
 # ------------------------------------------------------------------------------------------- expected TRE

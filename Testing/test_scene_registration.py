@@ -164,7 +164,7 @@ def test_bad_input_changes_nothing(slicer_app, shared_data):
     lm_f = mrml.markups_node_from_points(scene, [[0, 0, 0], [10, 0, 0], [0, 10, 0]], ["a", "b", "c"], "f")
     lm_m = mrml.markups_node_from_points(scene, [[0, 0, 0], [10, 0, 0], [0, 10, 0]], ["a", "b", "x"], "m")
     ids_before = _node_ids(scene)
-    with pytest.raises(CrossModalRegError, match=r"\['c'\] only in landmark list 'f'; \['x'\] only in landmark list 'm'"):
+    with pytest.raises(CrossModalRegError, match=r"\['c'\] only in fixed \(landmark list 'f'\); \['x'\] only in moving \(landmark list 'm'\)"):
         scene_registration.register_volume_nodes(scene, fixed_node, moving_node, fixed_landmarks_node=lm_f,
                                                  moving_landmarks_node=lm_m)
     assert _node_ids(scene) == ids_before

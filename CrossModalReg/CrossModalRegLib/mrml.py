@@ -261,6 +261,19 @@ def points_from_markups_node(node, *, defined_only: bool = True):
     return labels, np.array(pts).reshape(-1, 3)
 
 
+def landmark_set_from_markups_node(node):
+    """The placed control points of a markups node as a :class:`~.landmarks.fileio.LandmarkSet` (LPS mm), named
+    after the node in messages; a node with no placed point is an error."""
+    from .landmarks.fileio import LandmarkSet
+
+    if node is None:
+        raise CrossModalRegError("no markups node given")
+    labels, points = points_from_markups_node(node)
+    if not labels:
+        raise CrossModalRegError(f"markups '{node.GetName()}' has no placed control point")
+    return LandmarkSet(labels, points, "LPS", f"landmark list '{node.GetName()}'")
+
+
 def remove_nodes(scene, nodes):
     """Remove nodes (and their display/storage nodes) from the scene; ignores None and already-removed ones."""
     for node in nodes:

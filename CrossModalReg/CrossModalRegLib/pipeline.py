@@ -32,32 +32,51 @@ from .provenance import sha256_of_file, write_json_atomic
 from .tables import write_tsv
 
 
-def read_landmarks_for(image: sitk.Image, path: str, role: str):
-    """(labels, points LPS mm with the image's dimension) from a landmark file; ANHIR pixel files via the image grid."""
-    from .landmarks.fileio import read_landmark_file
+def landmarks_in_image_space(image: sitk.Image, landmarks, role: str):
+    """``landmarks`` (a :class:`~.landmarks.fileio.LandmarkSet`) as LPS mm points of ``image``'s physical space, with
+    the image's dimension: pixel files (ANHIR, ``x_pixel``) go through the image's grid."""
+    from .landmarks.fileio import LandmarkSet
 
-    lm = read_landmark_file(path)
-    pts = np.asarray(lm.points, dtype=float)
+    pts = np.asarray(landmarks.points, dtype=float)
     dim = image.GetDimension()
-    if lm.frame == "pixel":
+    if landmarks.frame == "pixel":
         if dim != 2:
-            raise CrossModalRegError(f"{role} landmarks '{path}' are 2D pixels but the {role} image is {dim}D")
+            raise CrossModalRegError(f"{role} landmarks '{landmarks.source}' are 2D pixels but the {role} image is "
+                                     f"{dim}D")
         pts = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(map(float, p))) for p in pts])
     elif dim == 2:
         pts = pts[:, :2]
-    return list(lm.labels), pts
+    return LandmarkSet(landmarks.labels, pts.reshape(len(landmarks), dim), "LPS", landmarks.source)
 
 
-def pair_by_label(fixed_labels, fixed_pts, moving_labels, moving_pts, *, truncate: bool = False):
-    """(fixed points, moving points, labels) paired by label (``landmarks.registration.pair_landmarks``: duplicate
-    or one-sided labels are refused). ``truncate`` pairs ANHIR-style files by row index up to the shorter length."""
-    if truncate:
-        n = min(len(fixed_pts), len(moving_pts))
-        return fixed_pts[:n], moving_pts[:n], [str(v) for v in fixed_labels[:n]]
-    from .landmarks.registration import pair_landmarks
+def read_landmark_pairs(fixed: sitk.Image, moving: sitk.Image, fixed_path: str, moving_path: str, *,
+                        unpaired: str = "error"):
+    """Read both landmark files (any format), bring them to their images' physical spaces and pair them by label
+    (:func:`.landmarks.pairing.pair_landmarks`): the one way ``register`` and batch read landmarks."""
+    from .landmarks.fileio import read_landmark_file
+    from .landmarks.pairing import pair_landmarks
 
-    labels, fixed, moving, _ = pair_landmarks(fixed_labels, fixed_pts, moving_labels, moving_pts)
-    return fixed, moving, labels
+    fl = landmarks_in_image_space(fixed, read_landmark_file(fixed_path), "fixed")
+    ml = landmarks_in_image_space(moving, read_landmark_file(moving_path), "moving")
+    return pair_landmarks(fl, ml, unpaired=unpaired)
+
+
+def write_landmark_outputs(folder: str, fixed: sitk.Image, moving: sitk.Image, labels, fixed_points,
+                           moving_points) -> dict:
+    """The paired landmarks a run used as landmark CSVs (``fixed_landmarks.csv``, ``moving_landmarks.csv``): LPS mm
+    for 3D images, pixels of each image for 2D; ``register``, ``validate`` and ``landmarks`` read them back."""
+    from .landmarks.fileio import write_landmarks_csv
+
+    files = {}
+    for role, image, pts in (("fixed", fixed, fixed_points), ("moving", moving, moving_points)):
+        pts = np.asarray(pts, dtype=float)
+        frame = "LPS" if image.GetDimension() == 3 else "pixel"
+        if frame == "pixel":
+            pts = np.array([image.TransformPhysicalPointToContinuousIndex(tuple(map(float, p[:2]))) for p in pts])
+        name = f"{role}_landmarks.csv"
+        write_landmarks_csv(os.path.join(folder, name), [str(v) for v in labels], pts, frame=frame)
+        files[role] = name
+    return files
 
 
 def stage_message(p) -> str:
@@ -107,13 +126,13 @@ def landmark_check(transform, fixed_landmarks, moving_landmarks, *, evaluation_o
     """A sanity check from paired landmarks: mean distance before (identity: the headers) and after ``transform``
     (fixed -> moving, LPS). With landmarks given for evaluation only, a result that leaves them further apart than
     before (beyond the tolerance) fails; landmarks used for the initialisation are reported but cannot judge."""
+    from .landmarks.tre import target_registration_error
     from .sanity import Check
 
-    fl = np.asarray(fixed_landmarks, float)
-    ml = np.asarray(moving_landmarks, float)
-    mapped = np.array([transform.TransformPoint(tuple(map(float, p))) for p in fl])
-    before = float(np.linalg.norm(fl - ml, axis=1).mean())
-    after_each = np.linalg.norm(mapped - ml, axis=1)
+    tre = target_registration_error(transform, fixed_landmarks, moving_landmarks)
+    fl = tre.mapped
+    before = float(tre.before.mean())
+    after_each = tre.after
     after = float(after_each.mean())
     tol = max(LANDMARK_WORSE_TOLERANCE_MM, LANDMARK_WORSE_TOLERANCE_FRACTION * before)
     ok = (after <= before + tol) or not evaluation_only
@@ -208,13 +227,14 @@ def _register_and_write(tmp, fixed, moving, *, preset, fixed_mask, moving_mask, 
         if path:
             provenance["command_inputs"][role] = {"path": os.path.abspath(path), "sha256": sha256_of_file(path)}
     if fixed_landmarks is not None and moving_landmarks is not None:
-        fl = np.asarray(fixed_landmarks, float)
-        ml = np.asarray(moving_landmarks, float)
-        mapped = np.array([tx.TransformPoint(tuple(map(float, p))) for p in fl])
-        before = np.linalg.norm(fl - ml, axis=1)
-        after = np.linalg.norm(mapped - ml, axis=1)
+        from .landmarks.tre import target_registration_error
+
+        tre = target_registration_error(tx, fixed_landmarks, moving_landmarks)
+        before, after = tre.before, tre.after
+        labels = [str(v) for v in (landmark_labels or range(len(before)))]
         provenance["landmarks"] = {
-            "labels": list(landmark_labels or range(len(fl))),
+            "labels": labels,
+            "files": write_landmark_outputs(tmp, fixed, moving, labels, fixed_landmarks, moving_landmarks),
             "used_for_initialization": bool(use_landmarks_for_initialization),
             "distance_before_mm": before.tolist(), "distance_after_mm": after.tolist(),
             "mean_before_mm": float(before.mean()), "mean_after_mm": float(after.mean()),
@@ -230,6 +250,9 @@ def _register_and_write(tmp, fixed, moving, *, preset, fixed_mask, moving_mask, 
         "scene/registration.mrml": "Slicer scene: moving volume under the transform node",
         "report.html": "one self-contained page: verdict, QC pictures, metric plot, checks, landmarks, provenance",
     }
+    if "landmarks" in provenance:
+        provenance["outputs"].update({name: f"the paired {role} landmarks used, landmark CSV (LPS mm in 3D, "
+                                      "pixels in 2D)" for role, name in provenance["landmarks"]["files"].items()})
     _write_scene_and_pictures(tmp, fixed, moving, tx, provenance, fixed_landmarks=fixed_landmarks,
                               moving_landmarks=moving_landmarks, landmark_labels=landmark_labels,
                               input_files=input_files, image_names=image_names, pictures=pictures)

@@ -51,19 +51,17 @@ class SceneRegistrationOutputs:
     created_nodes: list = field(default_factory=list)
 
 
-def _paired_landmarks(fixed_node, moving_node):
-    """(fixed LPS, moving LPS, labels) of two markups nodes paired by label; clear errors for mismatches."""
-    from .landmarks.registration import pair_landmarks
+def landmark_pairs_from_nodes(fixed_node, moving_node):
+    """The placed control points of two markups nodes paired by label (:func:`.landmarks.pairing.pair_landmarks`),
+    or None when neither node is given."""
+    from .landmarks.pairing import pair_landmarks
 
     if fixed_node is None and moving_node is None:
-        return None, None, []
+        return None
     if fixed_node is None or moving_node is None:
         raise CrossModalRegError("landmark initialisation needs both a fixed and a moving landmark list")
-    fl, fp = mrml.points_from_markups_node(fixed_node)
-    ml, mp = mrml.points_from_markups_node(moving_node)
-    labels, fixed, moving, _ = pair_landmarks(fl, fp, ml, mp, fixed_source=f"landmark list '{fixed_node.GetName()}'",
-                                              moving_source=f"landmark list '{moving_node.GetName()}'")
-    return fixed, moving, labels
+    return pair_landmarks(mrml.landmark_set_from_markups_node(fixed_node),
+                          mrml.landmark_set_from_markups_node(moving_node))
 
 
 def set_overlay_layers(scene, fixed_node, moving_node, *, opacity: float = 0.5):
@@ -196,7 +194,8 @@ def prepare_registration(
     moving = mrml.image_from_volume_node(moving_node)
     fixed_mask = mrml.segmentation_or_labelmap_to_mask(fixed_mask_node, fixed_node) if fixed_mask_node else None
     moving_mask = mrml.segmentation_or_labelmap_to_mask(moving_mask_node, moving_node) if moving_mask_node else None
-    f_lm, m_lm, _ = _paired_landmarks(fixed_landmarks_node, moving_landmarks_node)
+    pairs = landmark_pairs_from_nodes(fixed_landmarks_node, moving_landmarks_node)
+    f_lm, m_lm = (None, None) if pairs is None else (pairs.fixed, pairs.moving)
     if f_lm is not None and fixed.GetDimension() == 2:
         f_lm, m_lm = f_lm[:, :2], m_lm[:, :2]
     initial = None

@@ -306,10 +306,13 @@ def points_in_mask(mask: sitk.Image, n: int, rng: np.random.RandomState) -> np.n
 
 
 def target_registration_errors(estimated_fixed_to_moving, true_fixed_to_moving, points_lps) -> np.ndarray:
-    """||T_est(p) - T_true(p)|| in mm for each target point p of fixed space."""
-    est = np.array([estimated_fixed_to_moving.TransformPoint(tuple(map(float, p))) for p in points_lps])
-    tru = np.array([true_fixed_to_moving.TransformPoint(tuple(map(float, p))) for p in points_lps])
-    return np.linalg.norm(est - tru, axis=1)
+    """||T_est(p) - T_true(p)|| in mm for each target point p of fixed space: the measured TRE
+    (:func:`.landmarks.tre.target_registration_error`) against the points' true positions in the moving space."""
+    from .landmarks.tre import target_registration_error
+
+    pts = np.atleast_2d(np.asarray(points_lps, dtype=float))
+    truth = np.array([true_fixed_to_moving.TransformPoint(tuple(map(float, p))) for p in pts]).reshape(pts.shape)
+    return target_registration_error(estimated_fixed_to_moving, pts, truth).after
 
 
 class TransformWithInverse:

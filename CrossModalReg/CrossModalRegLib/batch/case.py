@@ -272,6 +272,20 @@ def _validate(case, fixed, moving, result, landmarks, options: CaseOptions, stag
             f"{r.criterion.measure} ({r.note})" for r in report.acceptance if r.result not in ("pass", "fail")]
 
 
+def _landmark_pairs(case, fixed, moving):
+    """The case's landmarks paired by label in the images' physical spaces. Two 2D pixel (ANHIR) files skip the
+    labels on one side only (ANHIR's published files differ in length; the shared row numbers pair), recorded in
+    the QC record as ``landmarks_unpaired``; any other one-sided label fails the case with its name."""
+    from ..landmarks.fileio import read_landmark_file
+    from ..landmarks.pairing import pair_landmarks
+    from ..pipeline import landmarks_in_image_space
+
+    f_set, m_set = read_landmark_file(case.fixed_landmarks), read_landmark_file(case.moving_landmarks)
+    unpaired = "skip" if f_set.frame == m_set.frame == "pixel" else "error"
+    return pair_landmarks(landmarks_in_image_space(fixed, f_set, "fixed"),
+                          landmarks_in_image_space(moving, m_set, "moving"), unpaired=unpaired)
+
+
 # ----------------------------------------------------------------------------------------------- the task
 def run_case(case, output_dir: str, options: CaseOptions) -> dict:
     """Register, validate and record one case; return its QC record (also in ``cases/<case_id>/qc.json``).
@@ -282,7 +296,7 @@ def run_case(case, output_dir: str, options: CaseOptions) -> dict:
     """
 
     from .. import engine
-    from ..pipeline import pair_by_label, read_image, read_landmarks_for, run_registration_job
+    from ..pipeline import read_image, run_registration_job
 
     t0 = time.perf_counter()
     output_dir = os.path.abspath(output_dir)
@@ -305,10 +319,9 @@ def run_case(case, output_dir: str, options: CaseOptions) -> dict:
             moving_mask = read_image(case.moving_mask, "moving mask") if case.moving_mask else None
             landmarks = None
             if case.fixed_landmarks:
-                f_labels, f_pts = read_landmarks_for(fixed, case.fixed_landmarks, "fixed")
-                m_labels, m_pts = read_landmarks_for(moving, case.moving_landmarks, "moving")
-                anhir = fixed.GetDimension() == 2 and len(f_labels) != len(m_labels)
-                landmarks = pair_by_label(f_labels, f_pts, m_labels, m_pts, truncate=anhir)
+                pairs = _landmark_pairs(case, fixed, moving)
+                landmarks = (pairs.fixed, pairs.moving, pairs.labels)
+                record["landmarks_unpaired"] = pairs.unpaired
             stage = "registration"
             fl, ml, labels = landmarks if landmarks is not None else (None, None, None)
             result, _ = run_registration_job(

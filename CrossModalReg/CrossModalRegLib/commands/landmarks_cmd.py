@@ -6,7 +6,8 @@
 
 ``stats`` writes ``landmarks.tsv``, ``annotators.tsv``, ``summary.tsv`` (and ``repeatability.tsv`` when an
 annotator repeated the annotation), each with a Slicer ``.schema.tsv`` (units and descriptions), plus
-``landmark_statistics.json`` (summary numbers and provenance). ``register`` writes ``registration.tsv``
+``landmark_statistics.json`` (summary numbers and provenance) and ``consensus_<image>.csv`` per image (the landmark
+CSV: LPS mm in 3D, pixels in 2D; ``register --fixed-landmarks`` and ``validate`` read it). ``register`` writes ``registration.tsv``
 (per-landmark FRE and leave-one-out TRE), ``registration.json`` and, for linear models,
 ``transform_fixed_to_moving.tfm`` (maps fixed points to moving points, LPS mm or pixels, ITK convention).
 Bad input is reported before anything is written.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 
 from ..errors import CrossModalRegError
+from . import add_skip_unpaired_option
 
 
 def add_parser(subparsers):
@@ -59,11 +61,10 @@ def add_parser(subparsers):
     s.set_defaults(func=run_stats)
 
     r = sub.add_parser("register", help="point-based registration from paired landmark files")
-    r.add_argument("--fixed-landmarks", required=True, help=".mrk.json, .fcsv, frame-stated .csv or ANHIR .csv")
+    r.add_argument("--fixed-landmarks", required=True, help=".mrk.json, .fcsv, landmark .csv or ANHIR .csv")
     r.add_argument("--moving-landmarks", required=True, help="same formats; paired with the fixed ones by label")
     r.add_argument("--model", choices=("rigid", "similarity", "affine", "tps"), default="affine")
-    r.add_argument("--drop-unpaired", action="store_true",
-                   help="ignore landmarks present in one file only (default: report them as an error)")
+    add_skip_unpaired_option(r, "--drop-unpaired")  # --drop-unpaired: the older name, kept as an alias
     r.add_argument("--output-dir", required=True, help="folder to write (must be empty or absent)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing output folder (at the end)")
     r.set_defaults(func=run_register)
@@ -137,6 +138,7 @@ def run_stats(args) -> int:
 
 
 def _write_stats(folder, args, session, stats, tables, factor):
+    from ..landmarks import write_landmark_set_csv
     from ..provenance import write_json_atomic
     from ..tables import write_tsv
 
@@ -152,6 +154,10 @@ def _write_stats(folder, args, session, stats, tables, factor):
         "consensus": args.consensus, "outlier_distance": args.outlier_distance,
         "outlier_factor": factor, "bias_alpha": args.bias_alpha, "units": stats.distance_units})
     write_json_atomic(os.path.join(folder, "landmark_statistics.json"), summary)
+    for image in stats.per_image:
+        consensus = stats.consensus_landmarks(image)
+        if consensus is not None and len(consensus):
+            write_landmark_set_csv(os.path.join(folder, f"consensus_{image}.csv"), consensus)
 
 
 def _print_stats(stats):
@@ -177,24 +183,20 @@ def run_register(args) -> int:
 
     inputs = [args.fixed_landmarks, args.moving_landmarks]
     OutputFolder(args.output_dir, overwrite=args.overwrite, inputs=inputs).check()  # before reading anything
-    fixed = read_landmark_file(args.fixed_landmarks)
-    moving = read_landmark_file(args.moving_landmarks)
-    if fixed.frame != moving.frame:
-        raise CrossModalRegError(
-            f"{args.fixed_landmarks} is in {fixed.frame} but {args.moving_landmarks} in {moving.frame}; "
-            "give both in the same frame")
-    labels, fp, mp, dropped = pair_landmarks(fixed.labels, fixed.points, moving.labels, moving.points,
-                                             drop_unpaired=args.drop_unpaired, fixed_source=args.fixed_landmarks,
-                                             moving_source=args.moving_landmarks)
-    result = register_points(fp, mp, model=args.model, labels=labels, units=fixed.units)
+    pairs = pair_landmarks(read_landmark_file(args.fixed_landmarks), read_landmark_file(args.moving_landmarks),
+                           unpaired="skip" if args.skip_unpaired_landmarks else "error")
+    labels, dropped = pairs.labels, pairs.unpaired
+    result = register_points(pairs.fixed, pairs.moving, model=args.model, labels=labels, units=pairs.units)
     with OutputFolder(args.output_dir, overwrite=args.overwrite, inputs=inputs) as out:
-        _write_registration(out.staging, args, fixed, labels, dropped, result)
+        _write_registration(out.staging, args, pairs.frame, labels, dropped, result)
+    if dropped:
+        print(f"skipped, on one side only: {', '.join(dropped)}")
     print(f"{result.model}: {len(labels)} landmarks, FRE RMS {result.fre_rms:.3f} {result.units}, "
           f"leave-one-out TRE RMS {result.loo_tre_rms:.3f} {result.units}")
     return 0
 
 
-def _write_registration(folder, args, fixed, labels, dropped, result):
+def _write_registration(folder, args, frame, labels, dropped, result):
     import SimpleITK as sitk
 
     from ..landmarks.report import registration_columns, registration_rows
@@ -206,11 +208,11 @@ def _write_registration(folder, args, fixed, labels, dropped, result):
     if result.transform_fixed_to_moving is not None:
         sitk.WriteTransform(result.transform_fixed_to_moving, os.path.join(folder, "transform_fixed_to_moving.tfm"))
     write_json_atomic(os.path.join(folder, "registration.json"), {
-        "model": result.model, "units": result.units, "frame": fixed.frame, "n_landmarks": len(labels),
+        "model": result.model, "units": result.units, "frame": frame, "n_landmarks": len(labels),
         "dropped_unpaired": dropped, "fre_rms": result.fre_rms, "loo_tre_rms": result.loo_tre_rms,
         "matrix_fixed_to_moving": None if result.matrix_fixed_to_moving is None
         else result.matrix_fixed_to_moving.tolist(),
         "direction": "maps fixed-space points to moving-space points", "notes": result.notes,
         "provenance": _provenance({"fixed_landmarks": args.fixed_landmarks, "moving_landmarks": args.moving_landmarks},
-                                  {"model": args.model, "drop_unpaired": args.drop_unpaired}),
+                                  {"model": args.model, "skip_unpaired_landmarks": args.skip_unpaired_landmarks}),
     })

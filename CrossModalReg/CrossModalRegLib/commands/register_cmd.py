@@ -6,6 +6,7 @@ import json
 import os
 
 from ..errors import CrossModalRegError, RegistrationFailed
+from . import add_skip_unpaired_option
 
 
 def add_parser(sub):
@@ -24,8 +25,9 @@ def add_parser(sub):
                    help=f"preset name ({', '.join(available_presets())}) or a preset JSON file")
     p.add_argument("--fixed-mask", help="label map: metric computed only where non-zero (fixed space)")
     p.add_argument("--moving-mask", help="label map in moving space")
-    p.add_argument("--fixed-landmarks", help="landmarks on the fixed image (.mrk.json, .fcsv, frame-stated .csv, ANHIR .csv)")
+    p.add_argument("--fixed-landmarks", help="landmarks on the fixed image (.mrk.json, .fcsv, landmark .csv, ANHIR .csv)")
     p.add_argument("--moving-landmarks", help="the same landmarks on the moving image (paired by label)")
+    add_skip_unpaired_option(p)
     p.add_argument("--landmarks-for", choices=["initialization", "evaluation"], default="initialization",
                    help="use landmarks to initialise (default) or only to report distances before/after")
     p.add_argument("--initial-transform", help="ITK transform file (fixed -> moving, LPS) to start from")
@@ -77,6 +79,7 @@ def repeat_command(args) -> str:
               "--threads", str(args.threads)]
     if args.fixed_landmarks:
         words += ["--landmarks-for", args.landmarks_for]
+        words += ["--skip-unpaired-landmarks"] if args.skip_unpaired_landmarks else []
     words += [flag for flag, on in (("--no-rotation-search", args.no_rotation_search),
                                     ("--no-orientation-search", args.no_orientation_search)) if on]
     for item in args.set:
@@ -116,7 +119,7 @@ def read_initial_transform(path: str, dimension: int):
 def run(args) -> int:
     from .. import engine
     from ..output_dir import OutputFolder
-    from ..pipeline import TerminalProgress, pair_by_label, read_image, read_landmarks_for, run_registration_job
+    from ..pipeline import TerminalProgress, read_image, read_landmark_pairs, run_registration_job
 
     inputs = {"fixed": args.fixed, "moving": args.moving, "fixed_mask": args.fixed_mask,
               "moving_mask": args.moving_mask, "fixed_landmarks": args.fixed_landmarks,
@@ -132,10 +135,11 @@ def run(args) -> int:
     if bool(args.fixed_landmarks) != bool(args.moving_landmarks):
         raise CrossModalRegError("give both --fixed-landmarks and --moving-landmarks, or neither")
     if args.fixed_landmarks:
-        f_labels, f_pts = read_landmarks_for(fixed, args.fixed_landmarks, "fixed")
-        m_labels, m_pts = read_landmarks_for(moving, args.moving_landmarks, "moving")
-        anhir = fixed.GetDimension() == 2 and len(f_labels) != len(m_labels)
-        fl, ml, labels = pair_by_label(f_labels, f_pts, m_labels, m_pts, truncate=anhir)
+        pairs = read_landmark_pairs(fixed, moving, args.fixed_landmarks, args.moving_landmarks,
+                                    unpaired="skip" if args.skip_unpaired_landmarks else "error")
+        fl, ml, labels = pairs.fixed, pairs.moving, pairs.labels
+        if pairs.unpaired:
+            print(f"landmarks: {len(pairs)} pairs; skipped, on one side only: {', '.join(pairs.unpaired)}")
     initial = read_initial_transform(args.initial_transform, fixed.GetDimension()) if args.initial_transform else None
     try:
         result, out = _run_job(args, run_registration_job, fixed, moving, fixed_mask, moving_mask, fl, ml, labels,

@@ -9,16 +9,13 @@ locked, renamed at the end), so a failed run leaves nothing behind.
 
 from __future__ import annotations
 
-import csv
 import os
-import re
-
-import numpy as np
 
 from ..errors import CrossModalRegError
+from . import add_skip_unpaired_option
 
-LANDMARK_HELP = ("Slicer markups (.mrk.json) or CSV 'label,x,y,z' whose first lines include a comment "
-                 "'# frame: LPS' or '# frame: RAS'")
+LANDMARK_HELP = ("landmark file: the landmark CSV (label,x_lps,y_lps,z_lps; or the older '# frame: LPS' + "
+                 "label,x,y,z), Slicer .mrk.json or .fcsv (docs/landmarks.md)")
 
 
 def add_parser(subparsers):
@@ -41,8 +38,7 @@ def add_parser(subparsers):
                    help="comma-separated labels of the landmarks that drove the registration (reported as FRE); "
                         "the others are held out (TRE)")
     p.add_argument("--fle", type=float, default=None, help="fiducial localisation error, RMS per image, mm")
-    p.add_argument("--skip-unpaired-landmarks", action="store_true",
-                   help="skip landmarks whose label is on one side only (default: error)")
+    add_skip_unpaired_option(p)
     p.add_argument("--fixed-labels", help="label map on the fixed side (same value = same structure)")
     p.add_argument("--moving-labels", help="label map on the moving side")
     p.add_argument("--jacobian", choices=("auto", "always", "never"), default="auto",
@@ -82,79 +78,17 @@ def _check_transform_dimension(transform, fixed, path):
                                  f"{fixed.GetDimension()}D: give a {fixed.GetDimension()}D transform")
 
 
-_FRAME = re.compile(r"^\s*#\s*frame\s*[:=]\s*(\w+)", re.I)
+def read_landmarks(path, role):
+    """The 3D landmarks of ``path`` (any format: :func:`~..landmarks.fileio.read_landmark_file`), LPS mm."""
+    from ..landmarks.fileio import read_landmark_file
 
-
-def read_landmarks_csv(path):
-    """LandmarkSet from a CSV ``label,x,y,z``; the frame must be stated in a comment ``# frame: LPS`` (or RAS)."""
-    from ..validation.tre import LandmarkSet
-
-    frame = None
-    labels, points = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            first = row[0].strip()
-            if first.startswith("#"):
-                m = _FRAME.match(",".join(row))
-                if m:
-                    frame = m.group(1).upper()
-                continue
-            if first.lower() == "label":
-                continue
-            if len(row) < 4:
-                raise CrossModalRegError(f"{path} line {lineno}: expected label,x,y,z")
-            try:
-                points.append([float(v) for v in row[1:4]])
-            except ValueError as exc:
-                raise CrossModalRegError(f"{path} line {lineno}: coordinates must be numbers") from exc
-            labels.append(first)
-    if frame not in ("LPS", "RAS"):
-        raise CrossModalRegError(f"{path} does not state its frame: add a first line '# frame: LPS' or "
-                                 "'# frame: RAS'" if frame is None else f"{path}: unknown frame '{frame}'")
-    if not labels:
-        raise CrossModalRegError(f"{path} has no landmark")
-    pts = np.array(points, dtype=float)
-    if frame == "RAS":
-        pts = pts * np.array([-1.0, -1.0, 1.0])
-    return LandmarkSet(tuple(labels), pts)
-
-
-def read_landmarks_markups(path, scene):
-    """LandmarkSet (LPS) from a Slicer ``.mrk.json`` file, read by Slicer's own storage node."""
-    import json
-
-    import slicer
-
-    from ..landmarks.fileio import check_mrk_json
-    from ..validation.scene import landmark_set_from_markups
-
-    try:  # Slicer's reader logs warnings and drops what it cannot read: check the structure first
-        with open(path, encoding="utf-8") as f:
-            check_mrk_json(json.load(f), path)
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, CrossModalRegError):
-            raise
-        raise CrossModalRegError(f"{path} is not valid JSON: {exc}") from None
-    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
-    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
-    storage.SetFileName(path)
-    scene.AddNode(storage)
-    if not storage.ReadData(node):
-        raise CrossModalRegError(f"{path} could not be read as Slicer markups (.mrk.json)")
-    return landmark_set_from_markups(node)
-
-
-def read_landmarks(path, role, app=None):
     if not os.path.isfile(path):
         raise CrossModalRegError(f"{role} landmarks file not found: {path}")
-    lower = path.lower()
-    if lower.endswith(".json"):
-        return read_landmarks_markups(path, app.scene)
-    if lower.endswith((".csv", ".txt")):
-        return read_landmarks_csv(path)
-    raise CrossModalRegError(f"{role} landmarks {path}: use a Slicer .mrk.json or a .csv file")
+    landmarks = read_landmark_file(path)
+    if landmarks.frame == "pixel" or landmarks.dimension != 3:
+        raise CrossModalRegError(f"{role} landmarks {path} are 2D ({landmarks.frame}); validate measures landmarks "
+                                 "in 3D LPS mm (x_lps,y_lps,z_lps)")
+    return landmarks
 
 
 # -------------------------------------------------------------------------------------------------- run
@@ -177,21 +111,6 @@ def run(args) -> int:
     if registration_report:
         print(f"registration report (pictures, checks): {registration_report}")
     return 1 if args.fail_on_reject and verdict == "fail" else 0
-
-
-def _read_all_landmarks(args):
-    if not args.fixed_landmarks:
-        return None, None
-    app = None
-    if any(p.lower().endswith(".json") for p in (args.fixed_landmarks, args.moving_landmarks)):
-        from ..headless import HeadlessSlicer
-
-        app = HeadlessSlicer(set_global_scene=False)
-    try:
-        return read_landmarks(args.fixed_landmarks, "fixed", app), read_landmarks(args.moving_landmarks, "moving", app)
-    finally:
-        if app is not None:
-            app.close()
 
 
 def _validate_into(args, tmp):
@@ -217,7 +136,10 @@ def _validate_into(args, tmp):
              "fixed_labels": args.fixed_labels, "moving_labels": args.moving_labels,
              "jacobian_mask": args.jacobian_mask}
     checksums = {f"{k}_file": sha256_of_file(v) for k, v in files.items() if v}
-    fl, ml = _read_all_landmarks(args)
+    fl = ml = None
+    if args.fixed_landmarks:
+        fl = read_landmarks(args.fixed_landmarks, "fixed")
+        ml = read_landmarks(args.moving_landmarks, "moving")
     fixed_labels = _read_image(args.fixed_labels, "fixed label map") if args.fixed_labels else None
     moving_labels = _read_image(args.moving_labels, "moving label map") if args.moving_labels else None
     mask = _read_image(args.jacobian_mask, "Jacobian mask") if args.jacobian_mask else None

@@ -1,18 +1,23 @@
-"""Landmark files: CSV with the frame in the header, ANHIR CSV (2D pixels), Slicer ``.fcsv`` and ``.mrk.json``.
+"""Landmark files: the landmark CSV, ANHIR CSV (2D pixels), Slicer ``.fcsv`` and ``.mrk.json``; one type for all.
 
 Pure Python (no ``slicer``): the command line reads every format without Slicer. The MRML layer
-(:mod:`.mrml_layer`) writes and reads ``.mrk.json`` through Slicer's own ``vtkMRMLMarkupsJsonStorageNode``.
+(:mod:`.mrml_layer`) writes and reads ``.mrk.json`` through Slicer's own ``vtkMRMLMarkupsJsonStorageNode``
+for nodes in a scene; every command reads ``.mrk.json`` files with :func:`read_mrk_json`.
 
 All readers return a :class:`LandmarkSet` whose points are **LPS millimetres** (3D files; RAS files are converted)
-or **pixels** (ANHIR, x right and y down). Readers validate everything (columns, frame, duplicate labels, numbers)
-and raise :class:`CrossModalRegError` naming the file and what to fix.
+or **pixels** (2D: x right along the columns, y down along the rows, as ANHIR). Readers validate everything
+(columns, frame, duplicate labels, numbers) and raise :class:`CrossModalRegError` naming the file and what to fix.
 
-CSV layout written and read here (the frame is part of the column names)::
+The landmark CSV (written by every command, read by every command; docs/landmarks.md "Landmark files"): a header
+row whose coordinate columns name the frame, then one row per landmark::
 
-    label,x_lps,y_lps,z_lps[,annotator,image,repeat,placed,modified]
+    label,x_lps,y_lps,z_lps[,annotator,image,repeat,placed,modified]     3D, LPS millimetres
+    label,x_pixel,y_pixel                                                2D, pixels of the image
 
-``x_ras,y_ras,z_ras`` is accepted too (converted to LPS). Per-point metadata is carried in ``.fcsv`` and
-``.mrk.json`` descriptions as ``annotator=...;image=...;repeat=...;placed=...;modified=...``.
+``x_ras,y_ras,z_ras`` is read too (converted to LPS), and so is the older dialect of ``crossmodalreg validate``:
+a comment line ``# frame: LPS`` (or ``RAS``) and rows ``label,x,y,z`` (an optional ``label,x,y,z`` header).
+Per-point metadata is carried in ``.fcsv`` and ``.mrk.json`` descriptions as
+``annotator=...;image=...;repeat=...;placed=...;modified=...``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,14 +36,19 @@ from .storage import write_json_atomic_durable, write_text_atomic_durable
 
 META_KEYS = ("annotator", "image", "repeat", "placed", "modified")
 F3 = np.array([-1.0, -1.0, 1.0])
+FRAMES = ("LPS", "pixel")
+# The coordinate columns of the landmark CSV per frame written ("RAS" is a 3D file frame, read into LPS).
+CSV_AXES = {"LPS": ("x_lps", "y_lps", "z_lps"), "RAS": ("x_ras", "y_ras", "z_ras"), "pixel": ("x_pixel", "y_pixel")}
 
 
 @dataclass
 class LandmarkSet:
-    """Labelled landmark positions read from (or to be written to) a file.
+    """Labelled landmark positions in one image: the one landmark type of the package.
 
-    ``points`` is (N, 3) LPS mm for ``frame == "LPS"`` or (N, 2) pixels for ``frame == "pixel"``.
-    ``metadata`` holds per-point dicts (annotator, image, repeat, placed, modified) when the file had them.
+    ``points`` is (N, 3) LPS mm for ``frame == "LPS"`` ((N, 2) for points in a 2D image's physical plane) or
+    (N, 2) pixels for ``frame == "pixel"``. Labels are unique, non-empty strings; points are finite. ``source``
+    (the file, or the node's name) is how messages name the set. ``metadata`` holds per-point dicts (annotator,
+    image, repeat, placed, modified) when the file had them.
     """
 
     labels: list[str]
@@ -47,9 +58,48 @@ class LandmarkSet:
     descriptions: list[str] = field(default_factory=list)
     metadata: list[dict] = field(default_factory=list)
 
+    def __post_init__(self):
+        name = self.source or "landmarks"
+        if self.frame not in FRAMES:
+            raise CrossModalRegError(f"{name}: frame must be one of {', '.join(FRAMES)}, not '{self.frame}'")
+        self.labels = [str(v) for v in self.labels]
+        _check_unique_labels(self.labels, name)
+        pts = np.asarray(self.points, dtype=float)
+        if pts.size == 0:
+            pts = pts.reshape(0, 3 if self.frame == "LPS" else 2)
+        if pts.ndim != 2 or len(pts) != len(self.labels):
+            raise CrossModalRegError(f"{name}: {len(self.labels)} labels for {len(pts)} points")
+        if pts.shape[1] != 2 and (self.frame == "pixel" or pts.shape[1] != 3):
+            raise CrossModalRegError(f"{name}: {pts.shape[1]} coordinates per point; {self.frame} points need "
+                                     + ("2 (x, y pixels)" if self.frame == "pixel" else "3 (x, y, z LPS mm)"))
+        if not np.all(np.isfinite(pts)):
+            bad = [self.labels[i] for i in np.nonzero(~np.all(np.isfinite(pts), axis=1))[0]]
+            raise CrossModalRegError(f"{name}: landmarks {bad} have missing or non-numeric coordinates")
+        self.points = pts
+        self.descriptions = list(self.descriptions) or [""] * len(self.labels)
+        self.metadata = list(self.metadata) or [{} for _ in self.labels]
+
     @property
     def units(self) -> str:
         return "mm" if self.frame == "LPS" else "pixel"
+
+    @property
+    def dimension(self) -> int:
+        return int(self.points.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _check_unique_labels(labels, name):
+    """Non-empty, unique labels (what pairing needs); the files' stricter rules are :func:`.protocol.validate_labels`."""
+    seen = set()
+    for label in labels:
+        if not label.strip():
+            raise CrossModalRegError(f"{name}: a landmark has an empty label; give every landmark a unique label")
+        if label in seen:
+            raise CrossModalRegError(f"{name}: duplicate landmark label '{label}'; labels must be unique")
+        seen.add(label)
 
 
 def format_metadata(meta: dict) -> str:
@@ -69,38 +119,48 @@ def parse_metadata(text: str) -> dict:
 
 
 def _finish(labels, points, frame, source, descriptions=None, metadata=None):
-    validate_labels(labels, source=source)
-    pts = np.asarray(points, dtype=float).reshape(len(labels), -1) if labels else np.zeros((0, 3 if frame == "LPS"
-                                                                                               else 2))
-    if not np.all(np.isfinite(pts)):
-        bad = [labels[i] for i in np.nonzero(~np.all(np.isfinite(pts), axis=1))[0]]
-        raise CrossModalRegError(f"{source}: landmarks {bad} have missing or non-numeric coordinates")
-    return LandmarkSet(labels, pts, frame, source, list(descriptions or [""] * len(labels)),
-                       list(metadata or [{} for _ in labels]))
+    validate_labels(labels, source=source)  # a file's labels follow the protocol rules (no comma, ...)
+    return LandmarkSet(labels, points, frame, source, list(descriptions or []), list(metadata or []))
 
 
 # --------------------------------------------------------------------------------------------------- CSV
-def read_landmarks_csv(path: str) -> LandmarkSet:
-    """Read a CSV whose header names the frame: ``label,x_lps,y_lps,z_lps`` or ``label,x_ras,y_ras,z_ras``."""
-    rows, header = _read_csv(path)
-    cols = [h.strip().lower() for h in header]
-    if "label" not in cols:
-        raise CrossModalRegError(f"{path}: missing column 'label'; the header must be label,x_lps,y_lps,z_lps")
-    frame = None
-    for fr in ("lps", "ras"):
-        if any(c.endswith("_" + fr) for c in cols):
-            frame = fr
-            missing = [f"{a}_{fr}" for a in "xyz" if f"{a}_{fr}" not in cols]
+_FRAME_COMMENT = re.compile(r"^\s*#\s*frame\s*[:=]\s*(\w+)", re.I)
+
+
+def _csv_frame(path, cols):
+    """The frame ("lps", "ras" or "pixel") that the header's coordinate columns name, checked complete."""
+    for frame, axes in (("lps", CSV_AXES["LPS"]), ("ras", CSV_AXES["RAS"]), ("pixel", CSV_AXES["pixel"])):
+        if any(c.endswith("_" + frame) for c in cols):
+            missing = [a for a in axes if a not in cols]
             if missing:
                 raise CrossModalRegError(f"{path}: missing column(s) {missing}; the header must be "
-                                         f"label,x_{fr},y_{fr},z_{fr}")
-    if frame is None:
-        if {"x", "y"} <= set(cols):
-            raise CrossModalRegError(
-                f"{path}: the header does not state the frame (columns 'x','y','z'); rename them to x_lps,y_lps,"
-                "z_lps or x_ras,y_ras,z_ras (for ANHIR pixel files use read_anhir_csv)")
-        raise CrossModalRegError(f"{path}: missing coordinate columns; the header must be label,x_lps,y_lps,z_lps")
-    ix = [cols.index(f"{a}_{frame}") for a in "xyz"]
+                                         f"label,{','.join(axes)}")
+            return frame
+    if {"x", "y"} <= set(cols):
+        raise CrossModalRegError(
+            f"{path} does not state its frame (columns 'x','y','z'); rename them to x_lps,y_lps,z_lps "
+            "(3D, LPS mm) or x_pixel,y_pixel (2D, pixels), or add a first line '# frame: LPS'")
+    raise CrossModalRegError(f"{path}: missing coordinate columns; the header must be label,x_lps,y_lps,z_lps "
+                             "(3D, LPS mm) or label,x_pixel,y_pixel (2D, pixels)")
+
+
+def read_landmarks_csv(path: str) -> LandmarkSet:
+    """Read the landmark CSV: ``label,x_lps,y_lps,z_lps`` (or ``x_ras,...``) in mm, or ``label,x_pixel,y_pixel``.
+
+    A file whose comment lines say ``# frame: LPS`` (or ``RAS``) is read in the older ``label,x,y,z`` dialect.
+    """
+    comments, rows = _csv_lines(path)
+    frame = next((m.group(1) for m in map(_FRAME_COMMENT.match, comments) if m), None)
+    if frame is not None:
+        return _read_frame_comment_csv(path, frame.upper(), rows)
+    header, rows = rows[0], rows[1:]
+    cols = [h.strip().lower() for h in header]
+    if "label" not in cols:
+        raise CrossModalRegError(
+            f"{path} does not state its frame: its first row must be the header label,x_lps,y_lps,z_lps (3D, LPS "
+            "mm) or label,x_pixel,y_pixel (2D, pixels); or add a first line '# frame: LPS' before rows label,x,y,z")
+    frame = _csv_frame(path, cols)
+    ix = [cols.index(a) for a in CSV_AXES[frame.upper() if frame != "pixel" else "pixel"]]
     il = cols.index("label")
     labels, pts, metas = [], [], []
     for n, row in enumerate(rows, start=2):
@@ -112,20 +172,48 @@ def read_landmarks_csv(path: str) -> LandmarkSet:
         except (ValueError, IndexError) as exc:
             raise CrossModalRegError(f"{path}, line {n}: coordinates are missing or not numbers ({exc})") from exc
         metas.append({k: row[cols.index(k)].strip() for k in META_KEYS if k in cols and cols.index(k) < len(row)})
-    pts = np.array(pts, dtype=float).reshape(-1, 3)
+    pts = np.array(pts, dtype=float).reshape(-1, len(ix))
     if frame == "ras":
         pts = pts * F3
-    return _finish(labels, pts, "LPS", path, metadata=metas)
+    return _finish(labels, pts, "pixel" if frame == "pixel" else "LPS", path, metadata=metas)
 
 
-def write_landmarks_csv(path: str, labels, points_lps, *, frame: str = "LPS", metadata=None) -> str:
-    """Write a CSV (atomically) with the frame in the header; ``points_lps`` are LPS mm, written in ``frame``."""
-    frame = frame.upper()
+def _read_frame_comment_csv(path, frame, rows):
+    """The older ``validate`` dialect: ``# frame: LPS|RAS`` and rows ``label,x,y,z`` (optional header)."""
     if frame not in ("LPS", "RAS"):
-        raise CrossModalRegError(f"frame must be LPS or RAS, not {frame}")
-    pts = np.asarray(points_lps, dtype=float).reshape(-1, 3) * (F3 if frame == "RAS" else 1.0)
-    f = frame.lower()
-    header = ["label", f"x_{f}", f"y_{f}", f"z_{f}"] + (list(META_KEYS) if metadata is not None else [])
+        raise CrossModalRegError(f"{path}: unknown frame '{frame}' in '# frame:'; use LPS or RAS")
+    labels, pts = [], []
+    for n, row in enumerate(rows, start=1):
+        first = row[0].strip()
+        if not any(cell.strip() for cell in row) or first.lower() == "label":
+            continue
+        try:
+            pts.append([float(v) for v in row[1:4]])
+        except ValueError as exc:
+            raise CrossModalRegError(f"{path}, data row {n}: coordinates must be numbers (label,x,y,z)") from exc
+        if len(pts[-1]) != 3:
+            raise CrossModalRegError(f"{path}, data row {n}: expected label,x,y,z")
+        labels.append(first)
+    if not labels:
+        raise CrossModalRegError(f"{path} has no landmark")
+    pts = np.array(pts, dtype=float) * (F3 if frame == "RAS" else 1.0)
+    return _finish(labels, pts, "LPS", path)
+
+
+def write_landmarks_csv(path: str, labels, points, *, frame: str = "LPS", metadata=None) -> str:
+    """Write the landmark CSV atomically; the header's coordinate columns state the frame.
+
+    ``frame`` "LPS" (default) or "RAS": ``points`` are (N, 3) LPS mm, written in that frame; "pixel": (N, 2)
+    pixels (x right, y down). ``metadata``: per-point dicts of :data:`META_KEYS`, written as extra columns.
+    """
+    frame = frame if frame == "pixel" else str(frame).upper()
+    if frame not in CSV_AXES:
+        raise CrossModalRegError(f"frame must be LPS, RAS or pixel, not {frame}")
+    axes = CSV_AXES[frame]
+    pts = np.asarray(points, dtype=float).reshape(-1, len(axes)) * (F3 if frame == "RAS" else 1.0)
+    LandmarkSet(labels, pts, "pixel" if frame == "pixel" else "LPS", path)  # refuse what could not be read back
+    validate_labels([str(v) for v in labels], source=path)  # and labels the CSV cannot hold
+    header = ["label", *axes] + (list(META_KEYS) if metadata is not None else [])
     lines = [",".join(header)]
     for i, (label, p) in enumerate(zip(labels, pts)):
         cells = [str(label)] + [repr(float(v)) for v in p]
@@ -135,15 +223,32 @@ def write_landmarks_csv(path: str, labels, points_lps, *, frame: str = "LPS", me
     return write_text_atomic_durable(path, "\n".join(lines) + "\n")
 
 
-def _read_csv(path):
+def write_landmark_set_csv(path: str, landmarks: LandmarkSet) -> str:
+    """Write a :class:`LandmarkSet` as the landmark CSV in its own frame (LPS mm or pixels)."""
+    if landmarks.frame == "LPS" and landmarks.dimension != 3:
+        raise CrossModalRegError(f"{path}: only 3D LPS or 2D pixel landmarks have a CSV frame")
+    meta = landmarks.metadata if any(landmarks.metadata) else None
+    return write_landmarks_csv(path, landmarks.labels, landmarks.points, frame=landmarks.frame, metadata=meta)
+
+
+def _csv_lines(path):
+    """(comment lines, rows) of a CSV; rows without comments; a missing or empty file is an error."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
     except FileNotFoundError as exc:
         raise CrossModalRegError(f"landmark file not found: {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise CrossModalRegError(f"{path} is not a text (UTF-8) CSV file") from exc
+    comments = [",".join(r) for r in rows if r and r[0].lstrip().startswith("#")]
     rows = [r for r in rows if r and not r[0].lstrip().startswith("#")]
     if not rows:
         raise CrossModalRegError(f"{path} is empty: expected a header row and one row per landmark")
+    return comments, rows
+
+
+def _read_csv(path):
+    _, rows = _csv_lines(path)
     return rows[1:], rows[0]
 
 
@@ -326,17 +431,20 @@ def write_mrk_json(path: str, labels, points_lps, *, descriptions=None, name: st
 
 # ---------------------------------------------------------------------------------------------- dispatch
 def read_landmark_file(path: str, *, dimension: int | None = None) -> LandmarkSet:
-    """Read any supported landmark file, chosen by extension (``.mrk.json``, ``.fcsv``, ``.csv``).
+    """Read any supported landmark file, chosen by extension: the one reader every command and module uses.
 
-    A ``.csv`` with ``x_lps``/``x_ras`` columns is read as a frame-stated CSV; one with ``X,Y`` columns as ANHIR
-    (2D pixels). ``dimension`` (2 or 3), when given, rejects a file of the other kind with a message.
+    ``.mrk.json`` (Slicer markups), ``.fcsv`` (Slicer), ``.csv``/``.txt``: the landmark CSV (frame in the column
+    names, or the older ``# frame:`` dialect) or, with ``X,Y`` columns, ANHIR (2D pixels). ``dimension`` (2 or 3),
+    when given, rejects a file of the other kind with a message.
     """
     low = path.lower()
+    if os.path.isdir(path):
+        raise CrossModalRegError(f"{path} is a folder; give a landmark file (.mrk.json, .fcsv or .csv)")
     if low.endswith(".mrk.json") or low.endswith(".json"):
         result = read_mrk_json(path)
     elif low.endswith(".fcsv"):
         result = read_fcsv(path)
-    elif low.endswith(".csv") or low.endswith(".tsv"):
+    elif low.endswith((".csv", ".txt")):
         _, header = _read_csv(path)
         cols = [h.strip() for h in header]
         result = read_anhir_csv(path) if ("X" in cols and "Y" in cols) else read_landmarks_csv(path)
@@ -344,7 +452,7 @@ def read_landmark_file(path: str, *, dimension: int | None = None) -> LandmarkSe
         raise CrossModalRegError(
             f"{os.path.basename(path)}: unknown landmark file type; use .mrk.json, .fcsv or .csv")
     if dimension is not None and result.points.shape[1] != dimension:
-        kind = "2D pixel (ANHIR)" if result.points.shape[1] == 2 else "3D (LPS mm)"
+        kind = "2D pixel" if result.frame == "pixel" else f"{result.points.shape[1]}D (LPS mm)"
         raise CrossModalRegError(
             f"{path} holds {kind} landmarks but {dimension}D landmarks are expected here; check the file and frame")
     return result

@@ -207,6 +207,18 @@ class SessionStatistics:
             out["repeatability"] = (repeatability_columns(units), rows)
         return out
 
+    def consensus_landmarks(self, image: str):
+        """The consensus of ``image`` as a :class:`~.fileio.LandmarkSet` in the session's frame (LPS mm in 3D,
+        pixels in 2D; landmarks without a consensus left out), or None when distances were converted to mm."""
+        from .fileio import LandmarkSet
+
+        if self.distance_units != self.session.units:
+            return None
+        st = self.per_image[image]
+        ok = np.all(np.isfinite(st.consensus), axis=1)
+        return LandmarkSet([lab for lab, k in zip(st.labels, ok) if k], st.consensus[ok], self.session.frame,
+                           f"consensus of the {image} image")
+
     def summary(self) -> dict:
         """JSON-ready summary (numbers per image)."""
         out = {"units": self.distance_units, "frame": self.session.frame,

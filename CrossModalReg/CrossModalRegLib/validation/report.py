@@ -1,7 +1,7 @@
 """One validation run: landmarks, overlap, Jacobian and NMI measures, acceptance, provenance, table rows.
 
 Everything here is Qt-free and ``slicer``-free: inputs are SimpleITK images and transforms (LPS) and
-:class:`~.tre.LandmarkSet` objects. The MRML layer (:mod:`.scene`) and the command line turn nodes and files into
+:class:`~..landmarks.fileio.LandmarkSet` objects. The MRML layer (:mod:`.scene`) and the command line turn nodes and files into
 these inputs and the rows below into tables.
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import CrossModalRegError
+from ..landmarks.fileio import LandmarkSet
 from ..provenance import now_iso, sha256_of_image, sha256_of_json, software_versions
 from ..tables import Column
 from . import measures as _measures
@@ -23,7 +24,7 @@ from .overlap import LabelComparison, compare_label_maps
 from .profiles import CriterionResult, Profile, evaluate_profile, verdict
 from .similarity import NMIResult, nmi_before_after
 from .transforms import FIXED_TO_MOVING, is_linear, resolve_fixed_to_moving, transform_checksum, transform_kind
-from .tre import ROLE_DRIVING, ROLE_HELD_OUT, LandmarkResult, LandmarkSet, landmark_errors
+from .tre import ROLE_DRIVING, ROLE_HELD_OUT, LandmarkResult, landmark_errors
 
 LANDMARK_COLUMNS = [
     Column("index", "#", "", "landmark number (plot axis)", "int"),
@@ -375,7 +376,7 @@ def validate(
             checksums.setdefault(key, sha256_of_image(img))
     for key, s in (("fixed_landmarks", fixed_landmarks), ("moving_landmarks", moving_landmarks)):
         if s is not None:
-            checksums.setdefault(key, sha256_of_json([list(s.labels), np.round(s.points_lps, 9).tolist()]))
+            checksums.setdefault(key, sha256_of_json([list(s.labels), np.round(s.points, 9).tolist()]))
     report.provenance = {
         "created": now_iso(),
         "software": software_versions(),

@@ -19,14 +19,13 @@ import vtk
 from ..errors import CrossModalRegError
 from ..mrml import (
     image_from_volume_node,
-    points_from_markups_node,
+    landmark_set_from_markups_node,
     transform_fixed_to_moving_from_node,
     volume_node_from_image,
 )
 from ..tables import table_node_from_rows
 from .report import LANDMARK_COLUMNS, SEGMENT_COLUMNS, SUMMARY_COLUMNS, ValidationReport, validate
 from .transforms import FIXED_TO_MOVING
-from .tre import LandmarkSet
 
 PROVENANCE_ATTRIBUTE = "CrossModalReg.validationProvenance"
 ROLE_ATTRIBUTE = "CrossModalReg.validationRole"
@@ -45,16 +44,6 @@ class ValidationNodes:
 
 
 # ------------------------------------------------------------------------------------------------- inputs
-def landmark_set_from_markups(node) -> LandmarkSet:
-    """Labelled LPS points of a markups node (defined control points only)."""
-    if node is None:
-        raise CrossModalRegError("no markups node given")
-    labels, points = points_from_markups_node(node)
-    if not labels:
-        raise CrossModalRegError(f"markups '{node.GetName()}' has no placed control point")
-    return LandmarkSet(tuple(labels), points)
-
-
 def _segment_ids_and_names(node):
     seg = node.GetSegmentation()
     ids = [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
@@ -265,8 +254,8 @@ def validate_nodes(scene, transform_node, *, direction: str = FIXED_TO_MOVING, f
     transform = transform_fixed_to_moving_from_node(transform_node)
     fixed = image_from_volume_node(fixed_volume, squeeze_2d=False) if fixed_volume is not None else None
     moving = image_from_volume_node(moving_volume, squeeze_2d=False) if moving_volume is not None else None
-    fl = landmark_set_from_markups(fixed_landmarks) if fixed_landmarks is not None else None
-    ml = landmark_set_from_markups(moving_landmarks) if moving_landmarks is not None else None
+    fl = landmark_set_from_markups_node(fixed_landmarks) if fixed_landmarks is not None else None
+    ml = landmark_set_from_markups_node(moving_landmarks) if moving_landmarks is not None else None
     fixed_labels = moving_labels = names = None
     if fixed_segmentation is not None or moving_segmentation is not None:
         fixed_labels, moving_labels, names = label_maps_from_nodes(

@@ -30,26 +30,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import CrossModalRegError
+from ..landmarks.fileio import LandmarkSet
+from ..landmarks.pairing import pair_landmarks, preview
+from ..landmarks.tre import target_registration_error
 
 ROLE_DRIVING = "driving"
 ROLE_HELD_OUT = "held-out"
-
-
-@dataclass(frozen=True)
-class LandmarkSet:
-    """Labelled points in one image's physical space (LPS mm)."""
-
-    labels: tuple[str, ...]
-    points_lps: np.ndarray
-
-    def __post_init__(self):
-        pts = np.asarray(self.points_lps, dtype=float).reshape(-1, 3)
-        object.__setattr__(self, "points_lps", pts)
-        object.__setattr__(self, "labels", tuple(str(v) for v in self.labels))
-        if len(self.labels) != len(pts):
-            raise CrossModalRegError(f"{len(self.labels)} labels for {len(pts)} points")
-        if not np.all(np.isfinite(pts)):
-            raise CrossModalRegError("landmark coordinates must be finite numbers")
 
 
 def error_statistics(errors_mm) -> dict:
@@ -75,59 +61,6 @@ def error_statistics(errors_mm) -> dict:
         "p95": float(np.percentile(e, 95.0)),
         "max": float(np.max(e)),
     }
-
-
-def pair_landmarks(fixed: LandmarkSet, moving: LandmarkSet, *, unpaired: str = "error"):
-    """Pair fixed and moving landmarks by label.
-
-    Parameters
-    ----------
-    fixed, moving : LandmarkSet
-        Points in the fixed and the moving image (LPS mm).
-    unpaired : {"error", "skip"}
-        What to do with a label present on one side only.
-
-    Returns
-    -------
-    labels : list of str
-        Paired labels, in the order of the fixed set.
-    fixed_points, moving_points : ndarray, shape (N, 3)
-        LPS mm.
-    unpaired_fixed, unpaired_moving : list of str
-        Labels without counterpart (empty unless ``unpaired == "skip"``).
-    """
-    for name, s in (("fixed", fixed), ("moving", moving)):
-        dup = sorted({lab for lab in s.labels if s.labels.count(lab) > 1})
-        if dup:
-            raise CrossModalRegError(f"{name} landmarks have duplicate labels {dup}: give every landmark a unique label")
-    moving_index = {lab: i for i, lab in enumerate(moving.labels)}
-    labels = [lab for lab in fixed.labels if lab in moving_index]
-    only_fixed = [lab for lab in fixed.labels if lab not in moving_index]
-    fixed_set = set(fixed.labels)
-    only_moving = [lab for lab in moving.labels if lab not in fixed_set]
-    if not labels:
-        raise CrossModalRegError(
-            f"no landmark label is shared by the fixed ({_preview(fixed.labels)}) and moving "
-            f"({_preview(moving.labels)}) landmarks: landmarks are paired by label"
-        )
-    if (only_fixed or only_moving) and unpaired != "skip":
-        raise CrossModalRegError(
-            "landmark labels do not match: only in fixed "
-            f"{_preview(only_fixed)}, only in moving {_preview(only_moving)} "
-            "(rename them, or allow skipping unpaired landmarks)"
-        )
-    fixed_index = {lab: i for i, lab in enumerate(fixed.labels)}
-    fp = np.array([fixed.points_lps[fixed_index[lab]] for lab in labels])
-    mp = np.array([moving.points_lps[moving_index[lab]] for lab in labels])
-    return labels, fp, mp, only_fixed, only_moving
-
-
-def _preview(labels, n=6):
-    labels = list(labels)
-    if not labels:
-        return "[]"
-    more = f", ... ({len(labels)} in all)" if len(labels) > n else ""
-    return "[" + ", ".join(repr(v) for v in labels[:n]) + more + "]"
 
 
 @dataclass
@@ -202,7 +135,13 @@ def landmark_errors(
     -------
     LandmarkResult
     """
-    labels, fp, mp, only_f, only_m = pair_landmarks(fixed, moving, unpaired=unpaired)
+    for s in (fixed, moving):
+        if s.frame != "LPS" or s.dimension != 3:
+            raise CrossModalRegError(f"{s.source or 'landmarks'}: validation measures 3D landmarks in LPS mm, not "
+                                     f"{s.dimension}D {s.frame} points")
+    pairs = pair_landmarks(fixed, moving, unpaired=unpaired)
+    labels, fp, mp = pairs.labels, pairs.fixed, pairs.moving
+    only_f, only_m = pairs.unpaired_fixed, pairs.unpaired_moving
     notes = []
     if driving_labels is None:
         roles = [ROLE_HELD_OUT] * len(labels)
@@ -213,15 +152,11 @@ def landmark_errors(
         driving = {str(v) for v in driving_labels}
         unknown = sorted(driving - set(labels))
         if unknown:
-            raise CrossModalRegError(f"driving landmark labels {_preview(unknown)} are not among the paired landmarks")
+            raise CrossModalRegError(f"driving landmark labels {preview(unknown)} are not among the paired landmarks")
         roles = [ROLE_DRIVING if lab in driving else ROLE_HELD_OUT for lab in labels]
         roles_given = True
-    mapped = np.array([transform_fixed_to_moving_lps.TransformPoint(tuple(map(float, p))) for p in fp])
-    if not np.all(np.isfinite(mapped)):
-        raise CrossModalRegError("the transform maps some fixed landmarks to non-finite points "
-                                 "(outside a displacement field's domain?)")
-    before = np.linalg.norm(fp - mp, axis=1)
-    after = np.linalg.norm(mapped - mp, axis=1)
+    tre = target_registration_error(transform_fixed_to_moving_lps, fp, mp)
+    mapped, before, after = tre.mapped, tre.before, tre.after
     if fle_mm is None:
         fle = np.full(len(labels), np.nan)
     elif isinstance(fle_mm, Mapping):
@@ -231,5 +166,5 @@ def landmark_errors(
     if np.any(fle[np.isfinite(fle)] < 0):
         raise CrossModalRegError("FLE must be a non-negative distance in mm")
     if only_f or only_m:
-        notes.append(f"unpaired landmarks skipped: fixed only {_preview(only_f)}, moving only {_preview(only_m)}")
+        notes.append(f"unpaired landmarks skipped: fixed only {preview(only_f)}, moving only {preview(only_m)}")
     return LandmarkResult(labels, roles, fp, mp, mapped, before, after, fle, roles_given, only_f, only_m, notes)
