@@ -603,12 +603,15 @@ def register(
                                                   fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
     result.sanity = sanity.check_result(fixed_p, moving_p, final, initial_metric=result.initial_metric,
                                         final_metric=result.final_metric, fixed_mask=overlap_region)
-    if preset_dict.get("checks", {}).get("independent_agreement", True):
+    checks_cfg = preset_dict.get("checks", {})
+    if checks_cfg.get("independent_agreement", True):
         identity = sitk.Transform(dim, sitk.sitkIdentity)  # the headers' own alignment
+        min_ratio = float(checks_cfg.get("independent_agreement_min_ratio", sanity.INDEPENDENT_MIN_RATIO))
         with _metric_threads(threads):
             result.sanity.checks.append(sanity.check_independent_agreement(
                 fixed_p, moving_p, final, {"headers": identity, "initialisation": initialised,
-                                           "search": initial_transform}, fixed_mask=fixed_mask, seed=seed))
+                                           "search": initial_transform}, fixed_mask=fixed_mask, seed=seed,
+                min_ratio=min_ratio))
     timings["sanity"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     result.timings_s = {k: round(v, 4) for k, v in timings.items()}

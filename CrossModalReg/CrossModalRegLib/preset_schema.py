@@ -225,7 +225,8 @@ PRESET = Obj({
     "dimension": Enum((2, 3, "any")),
     "preprocessing": Obj({"fixed": PREPROCESSING, "moving": PREPROCESSING}),
     "initialization": INITIALIZATION,
-    "checks": Obj({"independent_agreement": Bool()}),  # post-run checks that can be turned off
+    # post-run checks that can be turned off, and the independent check's limit where a preset measured its own
+    "checks": Obj({"independent_agreement": Bool(), "independent_agreement_min_ratio": Num(0, 1, low_open=True)}),
     "stages": List(STAGE, min_length=0),  # "needs at least one stage": validate_preset says it
 }, required=("schema_version", "name", "version", "title", "when_to_use", "stages"))
 

@@ -234,11 +234,12 @@ class IndependentMeasure:
 
 
 # The result must keep at least this fraction of the best NGF alignment among its starting points. Chosen from the
-# tables in docs/benchmark.md ("Failure checks on every real pair", "Every real pair after integration"): good runs
-# keep >= 0.97 of it (most gain), the Case24 MR-US failures (27-33 mm) keep 0.43-0.67, a 25 mm move of an aligned
-# pair keeps < 0.5, and wrong rotation-search starts on the lung stain pairs (8-38% of the image diagonal) kept
-# 0.81-0.86 (passed at the former limit 0.75).
-INDEPENDENT_MIN_RATIO = 0.9
+# tables in docs/benchmark.md ("Failure checks on every real pair"): good runs on the real pairs keep >= 0.97 of it
+# (most gain), the Case24 MR-US failures (27-33 mm) keep 0.43-0.67, a 25 mm move of an aligned pair keeps < 0.5.
+# Not higher by default: on small, smooth images (the tests' synthetic pairs) correct results keep as little as
+# 0.86. A preset measured on its own kind of data may ask for more (``checks.independent_agreement_min_ratio``:
+# the histology preset asks 0.9, which flags its wrong starts at 0.81-0.86 and passes its good runs at >= 1.0).
+INDEPENDENT_MIN_RATIO = 0.75
 
 
 def check_independent_agreement(fixed, moving, transform, starts: dict, *, fixed_mask=None, seed: int = 0,
