@@ -6,7 +6,8 @@ resampling direction. ``sitk.Resample(moving, fixed, result.transform_fixed_to_m
 image onto the fixed grid; in Slicer the same transform is the *transform from parent* of the node the moving
 volume is placed under (see ``mrml.set_transform_fixed_to_moving``).
 
-:func:`register` is a short pipeline of named steps passing one state object (``_Run``):
+:func:`register` is a short pipeline of named steps passing one state object (``_Run``, holding the checked
+``_Options``):
 ``_validated_run`` (pre-flight: every input and option checked before anything is computed) -> ``_preprocess``
 -> ``_initialise`` (moments / geometry / landmarks / the caller's transform, then the orientation and rotation
 searches) -> ``_run_stages`` (each stage: ``_linear_stage``, ``_itk_bspline_stage``, ``_stochastic_bspline_stage``
@@ -274,14 +275,9 @@ def _is_stochastic(stage: dict) -> bool:
     return stage["type"] == "bspline" and stage.get("optimizer", {}).get("name") == "asgd"
 
 
-@dataclass
-class _Run:
-    """What one :func:`register` call carries from step to step of its pipeline.
-
-    ``_validated_run`` fills the options (nothing is created before every input is checked), ``_preprocess`` the
-    working images, ``_initialise`` the start; the stages and checks then read it. Every transform held here maps
-    FIXED-space points to MOVING-space points, LPS mm.
-    """
+@dataclass(frozen=True)
+class _Options:
+    """The checked inputs and options of one :func:`register` call (made by ``_validated_run``, read-only)."""
 
     fixed: sitk.Image
     moving: sitk.Image
@@ -291,29 +287,13 @@ class _Run:
     moving_mask: sitk.Image | None
     fixed_landmarks: object
     moving_landmarks: object
-    given_start_fixed_to_moving: sitk.Transform | None  # the caller's initial transform, if any
+    given_start_fixed_to_moving: sitk.Transform | None  # the caller's initial transform (LPS), if any
     method_name: str  # "moments", "geometry", "landmarks", "none" or "transform" (the caller's)
     do_search: object  # rotation search (the preset's value or the caller's)
     do_orient: object  # orientation search (3D only)
     seed: int
     threads: int | None
     cancelled: Callable[[], bool]
-    t_start: float
-    tracker: ProgressTracker | None = None
-    stage_costs: list = field(default_factory=list)
-    timings: dict = field(default_factory=dict)
-    inputs: dict = field(default_factory=dict)
-    fixed_p: sitk.Image | None = None  # preprocessed, at the working resolution
-    moving_p: sitk.Image | None = None
-    overlap_region: sitk.Image | None = None  # fixed mask, else the fixed Otsu foreground
-    fixed_eval: sitk.Image | None = None  # smoothed copies for the start/end metric
-    moving_eval: sitk.Image | None = None
-    start_metric: float | None = None
-    init_info: dict = field(default_factory=dict)
-    initialised_fixed_to_moving: sitk.Transform | None = None  # the initialisation, before any search
-    current_fixed_to_moving: sitk.Transform | None = None  # the optimiser's start, after the searches
-    searched_fixed_to_moving: sitk.Transform | None = None  # a copy of it (kept when a stage changes the original)
-    pyramid_cache: dict = field(default_factory=dict)
 
     @property
     def stages(self) -> list[dict]:
@@ -322,6 +302,31 @@ class _Run:
     @property
     def init_cfg(self) -> dict:
         return self.preset.get("initialization", {})
+
+
+@dataclass
+class _Run:
+    """What the steps of one :func:`register` call share: the options, progress and timings, then what each step
+    adds (``_preprocess`` the working images, ``_initialise`` the start). Every transform held here maps
+    FIXED-space points to MOVING-space points, LPS mm."""
+
+    opt: _Options
+    t_start: float
+    tracker: ProgressTracker | None = None
+    stage_costs: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    fixed_p: sitk.Image | None = None  # preprocessed, at the working resolution
+    moving_p: sitk.Image | None = None
+    pyramid_cache: dict = field(default_factory=dict)
+    overlap_region: sitk.Image | None = None  # fixed mask, else the fixed Otsu foreground
+    fixed_eval: sitk.Image | None = None  # smoothed copies for the start/end metric
+    moving_eval: sitk.Image | None = None
+    start_metric: float | None = None
+    init_info: dict = field(default_factory=dict)
+    initialised_fixed_to_moving: sitk.Transform | None = None  # the initialisation, before any search
+    current_fixed_to_moving: sitk.Transform | None = None  # the optimiser's start, after the searches
+    searched_fixed_to_moving: sitk.Transform | None = None  # a copy of it (kept when a stage changes the original)
 
 
 @dataclass
@@ -409,11 +414,11 @@ def register(
     """
     t_start, cancelled = time.perf_counter(), _cancel_checker(cancel)
     preset_dict = presets.apply_overrides(presets.load_preset(preset), overrides)
-    run = _validated_run(
+    run = _Run(_validated_run(
         fixed, moving, preset_dict, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_landmarks=fixed_landmarks,
         moving_landmarks=moving_landmarks, initial_transform_fixed_to_moving=initial_transform_fixed_to_moving,
         initialization_method=initialization_method, rotation_search=rotation_search,
-        orientation_search=orientation_search, seed=seed, threads=threads, cancelled=cancelled, t_start=t_start)
+        orientation_search=orientation_search, seed=seed, threads=threads, cancelled=cancelled), t_start)
     run.tracker, run.inputs = _progress_tracker(run, progress), _input_provenance(run)
     _preprocess(run)
     _initialise(run)
@@ -425,9 +430,9 @@ def register(
 
 def _validated_run(fixed, moving, preset_dict, *, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks,
                    initial_transform_fixed_to_moving, initialization_method, rotation_search, orientation_search,
-                   seed, threads, cancelled, t_start) -> _Run:
+                   seed, threads, cancelled) -> _Options:
     """Pre-flight: every input and option checked (raising ``CrossModalRegError`` with what to fix) before
-    anything is computed; returns the run's state with the chosen initialisation and searches."""
+    anything is computed; returns them with the chosen initialisation and searches."""
     pre = preset_dict.get("preprocessing", {})
     check_image(fixed, "fixed", allow_vector="grey" in pre.get("fixed", {}))
     check_image(moving, "moving", allow_vector="grey" in pre.get("moving", {}))
@@ -459,9 +464,8 @@ def _validated_run(fixed, moving, preset_dict, *, fixed_mask, moving_mask, fixed
     if method_name in ("landmarks", "transform"):
         do_search = bool(rotation_search)  # a user-given start is trusted unless a search is asked for
         do_orient = bool(orientation_search) and dim == 3
-    return _Run(fixed, moving, preset_dict, dim, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks,
-                initial_transform_fixed_to_moving, method_name, do_search, do_orient, seed, threads, cancelled,
-                t_start)
+    return _Options(fixed, moving, preset_dict, dim, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks,
+                    initial_transform_fixed_to_moving, method_name, do_search, do_orient, seed, threads, cancelled)
 
 
 def _check_initial_transform(tx: sitk.Transform, dim: int) -> None:
@@ -476,8 +480,8 @@ def _progress_tracker(run: _Run, progress) -> ProgressTracker:
     """The progress weights of the steps: preprocessing, initialisation (more with searches) and each stage by
     its estimated cost; also stores the stages' per-level costs in ``run.stage_costs``."""
     weights = {"preprocess": 0.03 * 1e6,
-               "initialize": (0.02 + 0.13 * run.do_search + 0.1 * run.do_orient) * 1e6}
-    run.stage_costs = [_level_costs(run.fixed, st) for st in run.stages]
+               "initialize": (0.02 + 0.13 * run.opt.do_search + 0.1 * run.opt.do_orient) * 1e6}
+    run.stage_costs = [_level_costs(run.opt.fixed, st) for st in run.opt.stages]
     total_stage = sum(sum(c) for c in run.stage_costs) or 1.0
     for i, c in enumerate(run.stage_costs):
         weights[f"stage{i}"] = 0.80 * 1e6 * sum(c) / total_stage
@@ -486,35 +490,36 @@ def _progress_tracker(run: _Run, progress) -> ProgressTracker:
 
 def _input_provenance(run: _Run) -> dict:
     """Checksums, sizes and spacings of the inputs (and masks, landmark pairs) for the provenance."""
-    fixed, moving = run.fixed, run.moving
+    fixed, moving = run.opt.fixed, run.opt.moving
     inputs = {
         "fixed": {"sha256": sha256_of_image(fixed), "size": list(fixed.GetSize()), "spacing": list(fixed.GetSpacing())},
         "moving": {"sha256": sha256_of_image(moving), "size": list(moving.GetSize()),
                    "spacing": list(moving.GetSpacing())},
     }
-    if run.fixed_mask is not None:
-        inputs["fixed_mask"] = {"sha256": sha256_of_image(run.fixed_mask)}
-    if run.moving_mask is not None:
-        inputs["moving_mask"] = {"sha256": sha256_of_image(run.moving_mask)}
-    if run.fixed_landmarks is not None and run.moving_landmarks is not None:
-        inputs["landmark_pairs"] = int(len(run.fixed_landmarks))
+    if run.opt.fixed_mask is not None:
+        inputs["fixed_mask"] = {"sha256": sha256_of_image(run.opt.fixed_mask)}
+    if run.opt.moving_mask is not None:
+        inputs["moving_mask"] = {"sha256": sha256_of_image(run.opt.moving_mask)}
+    if run.opt.fixed_landmarks is not None and run.opt.moving_landmarks is not None:
+        inputs["landmark_pairs"] = int(len(run.opt.fixed_landmarks))
     return inputs
 
 
 def _preprocess(run: _Run) -> None:
     """The preset's preprocessing of both images, at the working resolution (``run.fixed_p``, ``run.moving_p``)."""
     t = time.perf_counter()
-    pre = run.preset.get("preprocessing", {})
+    o = run.opt
+    pre = o.preset.get("preprocessing", {})
     run.tracker.update("preprocess", 0.0, message="preprocessing")
     # When every stage stops at a level coarser than the images (e.g. 2 mm for a 1 mm head), work on block-averaged
     # copies at that resolution from the start: preprocessing, pyramids and checks then cost 1/8 as much.
-    working_mm = _working_spacing_mm(run.stages)
-    fixed_w, moving_w = _at_working_resolution(run.fixed, working_mm), _at_working_resolution(run.moving, working_mm)
+    working_mm = _working_spacing_mm(o.stages)
+    fixed_w, moving_w = _at_working_resolution(o.fixed, working_mm), _at_working_resolution(o.moving, working_mm)
     run.inputs["working_spacing_mm"] = working_mm  # None: the images' own grids
-    run.fixed_p = preprocess(fixed_w, pre.get("fixed"), mask=run.fixed_mask, cancelled=run.cancelled)
+    run.fixed_p = preprocess(fixed_w, pre.get("fixed"), mask=o.fixed_mask, cancelled=o.cancelled)
     run.tracker.update("preprocess", 0.5, message="preprocessing")
-    run.moving_p = preprocess(moving_w, pre.get("moving"), mask=run.moving_mask, cancelled=run.cancelled)
-    if run.cancelled():
+    run.moving_p = preprocess(moving_w, pre.get("moving"), mask=o.moving_mask, cancelled=o.cancelled)
+    if o.cancelled():
         raise RegistrationCancelled()
     run.tracker.update("preprocess", 1.0, message="preprocessed")
     run.timings["preprocess"] = time.perf_counter() - t
@@ -524,59 +529,49 @@ def _initialise(run: _Run) -> None:
     """The start (fixed -> moving, LPS): the caller's transform or the initialisation method, checked for overlap,
     its metric taken as the reference, then improved by the orientation and rotation searches when enabled."""
     t = time.perf_counter()
-    run.tracker.update("initialize", 0.0, message=f"initialising ({run.method_name})")
-    if run.method_name == "transform":
-        current = run.given_start_fixed_to_moving
+    o = run.opt
+    run.tracker.update("initialize", 0.0, message=f"initialising ({o.method_name})")
+    if o.method_name == "transform":
+        current = o.given_start_fixed_to_moving
         run.init_info = {"method": "transform"}
     else:
         current, run.init_info = initialization.initial_transform(
-            run.fixed_p, run.moving_p, run.method_name, fixed_landmarks=run.fixed_landmarks,
-            moving_landmarks=run.moving_landmarks)
+            run.fixed_p, run.moving_p, o.method_name, fixed_landmarks=o.fixed_landmarks,
+            moving_landmarks=o.moving_landmarks)
     run.initialised_fixed_to_moving = _copy_transform(current)  # one of the starts the result is compared with
     # Where the fixed image has something to overlap: its mask, else its Otsu foreground (used before and after).
-    run.overlap_region = run.fixed_mask if run.fixed_mask is not None else foreground_mask(run.fixed_p)
+    run.overlap_region = o.fixed_mask if o.fixed_mask is not None else foreground_mask(run.fixed_p)
     initialization.check_overlap(run.fixed_p, run.moving_p, current, fixed_mask=run.overlap_region,
                                  when="after initialisation")
     # The reference for "did the optimisation make it worse": the start before any search or optimisation.
-    run.fixed_eval, run.moving_eval = sanity.smoothed_for_evaluation(run.fixed_p), sanity.smoothed_for_evaluation(
-        run.moving_p)
-    with _metric_threads(run.threads):
+    run.fixed_eval = sanity.smoothed_for_evaluation(run.fixed_p)
+    run.moving_eval = sanity.smoothed_for_evaluation(run.moving_p)
+    with _metric_threads(o.threads):
         run.start_metric = _first_stage_metric(run, current)
-    if run.do_orient:
-        current = _orientation_search(run, current)
-    if run.do_search:
-        current = _rotation_search(run, current)
+    if o.do_orient:
+        current = _search(run, current, "orientation_search", lambda f: run.tracker.update(
+            "initialize", 0.4 * f if o.do_search else f, message="searching orientations"))
+    if o.do_search:
+        current = _search(run, current, "rotation_search", lambda f: run.tracker.update(
+            "initialize", 0.4 * o.do_orient + (1 - 0.4 * o.do_orient) * f, message="searching rotations"))
     run.current_fixed_to_moving = current
     run.searched_fixed_to_moving = _copy_transform(current)
     run.tracker.update("initialize", 1.0, message="initialised")
     run.timings["initialize"] = time.perf_counter() - t
 
 
-def _orientation_search(run: _Run, current: sitk.Transform) -> sitk.Transform:
-    """The best of the 24 axis-aligned orientations of the moving image around ``current`` (fixed -> moving)."""
-    with _metric_threads(run.threads):
-        current, info = initialization.orientation_search(
-            run.fixed_p, run.moving_p, current, metric=run.stages[0]["metric"],
-            config=dict(run.init_cfg.get("orientation_search", {})), seed=run.seed, fixed_mask=run.fixed_mask,
-            moving_mask=run.moving_mask, cancelled=run.cancelled,
-            report=lambda f: run.tracker.update("initialize", 0.4 * f if run.do_search else f,
-                                                message="searching orientations"),
-        )
-    run.init_info["orientation_search"] = info
-    return current
-
-
-def _rotation_search(run: _Run, current: sitk.Transform) -> sitk.Transform:
-    """The best start on a coarse grid of rotations around ``current`` (fixed -> moving), refined."""
-    with _metric_threads(run.threads):
-        current, info = initialization.rotation_search(
-            run.fixed_p, run.moving_p, current, metric=run.stages[0]["metric"],
-            config=dict(run.init_cfg.get("rotation_search", {})), seed=run.seed, fixed_mask=run.fixed_mask,
-            moving_mask=run.moving_mask, cancelled=run.cancelled,
-            report=lambda f: run.tracker.update("initialize", 0.4 * run.do_orient + (1 - 0.4 * run.do_orient) * f,
-                                                message="searching rotations"),
-        )
-    run.init_info["rotation_search"] = info
+def _search(run: _Run, current: sitk.Transform, kind: str, report) -> sitk.Transform:
+    """A better start than ``current`` (fixed -> moving, LPS) from ``initialization.orientation_search`` (the 24
+    axis-aligned orientations of the moving image) or ``initialization.rotation_search`` (a coarse grid of
+    rotations, refined), configured by the preset's ``initialization.<kind>``; its report goes into the
+    provenance's ``initialization.<kind>``."""
+    o = run.opt
+    search = initialization.orientation_search if kind == "orientation_search" else initialization.rotation_search
+    with _metric_threads(o.threads):
+        current, info = search(run.fixed_p, run.moving_p, current, metric=o.stages[0]["metric"],
+                               config=dict(o.init_cfg.get(kind, {})), seed=o.seed, fixed_mask=o.fixed_mask,
+                               moving_mask=o.moving_mask, cancelled=o.cancelled, report=report)
+    run.init_info[kind] = info
     return current
 
 
@@ -585,14 +580,14 @@ def _new_result(run: _Run) -> RegistrationResult:
     result = RegistrationResult(
         transform_fixed_to_moving_lps=run.current_fixed_to_moving,
         initial_transform_fixed_to_moving_lps=run.searched_fixed_to_moving,
-        preset=run.preset,
-        preset_sha256=presets.preset_sha256(run.preset),
-        seed=int(run.seed),
-        dimension=run.dim,
+        preset=run.opt.preset,
+        preset_sha256=presets.preset_sha256(run.opt.preset),
+        seed=int(run.opt.seed),
+        dimension=run.opt.dim,
         initialization=run.init_info,
         inputs=run.inputs,
         started=now_iso(),
-        threads=run.threads,
+        threads=run.opt.threads,
     )
     result.initial_metric = run.start_metric
     return result
@@ -602,8 +597,8 @@ def _run_stages(run: _Run, result: RegistrationResult) -> sitk.Transform:
     """Every preset stage in turn, each linear one starting from the linear result before it; returns the final
     transform, fixed -> moving (LPS): the last linear stage's ``L``, or ``L(B(x))`` with the last B-spline ``B``."""
     linear, bspline = run.current_fixed_to_moving, None
-    for si, config in enumerate(run.stages):
-        if run.cancelled():
+    for si, config in enumerate(run.opt.stages):
+        if run.opt.cancelled():
             raise RegistrationCancelled()
         t = time.perf_counter()
         stage = _Stage.of(si, config, run.stage_costs[si])
@@ -613,7 +608,7 @@ def _run_stages(run: _Run, result: RegistrationResult) -> sitk.Transform:
         else:
             linear = out
         run.timings[f"stage{si}_{stage.type}"] = time.perf_counter() - t
-        run.tracker.update(f"stage{si}", 1.0, stage=stage.type, stage_index=si, n_stages=len(run.stages),
+        run.tracker.update(f"stage{si}", 1.0, stage=stage.type, stage_index=si, n_stages=len(run.opt.stages),
                            message=f"{stage.type} done")
     return linear if bspline is None else sitk.CompositeTransform([_copy_transform(linear), bspline])
 
@@ -639,8 +634,8 @@ def _itk_method(run: _Run, stage: _Stage, fraction: float, level: int) -> sitk.I
     """A SimpleITK registration method with the stage's metric sampling ``fraction`` of the level's voxels."""
     cfg = stage.config
     return metric_method(cfg["metric"], strategy=cfg.get("sampling", {}).get("strategy", "random"),
-                         fractions_per_level=[fraction], seed=run.seed + stage.index * 16 + level,
-                         fixed_mask=run.fixed_mask, moving_mask=run.moving_mask)
+                         fractions_per_level=[fraction], seed=run.opt.seed + stage.index * 16 + level,
+                         fixed_mask=run.opt.fixed_mask, moving_mask=run.opt.moving_mask)
 
 
 def _linear_stage(run: _Run, result: RegistrationResult, stage: _Stage, linear: sitk.Transform) -> sitk.Transform:
@@ -650,7 +645,7 @@ def _linear_stage(run: _Run, result: RegistrationResult, stage: _Stage, linear: 
     pyramid smooths the full-size images at every level, which was a third of the run time on a 1 mm head; the
     result is the same kind of coarse-to-fine optimisation."""
     _, sigmas = _levels(stage.config)
-    stage_tx = _linear_transform_for(stage.type, run.dim, linear)
+    stage_tx = _linear_transform_for(stage.type, run.opt.dim, linear)
     pcts = _sampling_percentages(run.fixed_p, stage.config)
 
     def make_preview(pos):
@@ -660,12 +655,12 @@ def _linear_stage(run: _Run, result: RegistrationResult, stage: _Stage, linear: 
 
     factors = _level_factors(run.fixed_p, stage.config)
     for level, (factor, sigma) in enumerate(zip(factors, sigmas)):
-        if run.cancelled():
+        if run.opt.cancelled():
             raise RegistrationCancelled()
         f_l = _pyramid_level(run.pyramid_cache, "fixed", run.fixed_p, factor, sigma, reference_spacing=run.fixed_p)
         m_l = _pyramid_level(run.pyramid_cache, "moving", run.moving_p, factor, sigma, reference_spacing=run.fixed_p)
         n_level = float(np.prod(f_l.GetSize()))
-        n_wanted = pcts[level] * np.prod(run.fixed_p.GetSize()) / factor ** run.dim
+        n_wanted = pcts[level] * np.prod(run.fixed_p.GetSize()) / factor ** run.opt.dim
         method = _itk_method(run, stage, min(1.0, n_wanted / n_level), level)
         method.SetInitialTransform(stage_tx, inPlace=True)
         _set_optimizer(method, stage.config.get("optimizer", {}), stage.type)
@@ -687,8 +682,8 @@ def _itk_bspline_stage(run: _Run, result: RegistrationResult, stage: _Stage, lin
     pcts = _sampling_percentages(run.fixed_p, stage.config)
     level_tx = None
     for level, f_l, m_l, level_tx in _bspline_levels(stage.config, run.fixed_p, run.moving_p, mesh,
-                                                     run.pyramid_cache, run.cancelled):
-        n_wanted = pcts[level] * np.prod(run.fixed_p.GetSize()) / float(shrink[level]) ** run.dim
+                                                     run.pyramid_cache, run.opt.cancelled):
+        n_wanted = pcts[level] * np.prod(run.fixed_p.GetSize()) / float(shrink[level]) ** run.opt.dim
         method = _itk_method(run, stage, min(1.0, n_wanted / float(np.prod(f_l.GetSize()))), level)
         method.SetMovingInitialTransform(_copy_transform(linear))
         method.SetInitialTransform(level_tx, inPlace=True)
@@ -721,20 +716,20 @@ def _execute(run: _Run, result: RegistrationResult, stage: _Stage, method: sitk.
         result.metric_trace.append(MetricSample(stage.index, stage.type, int(level), int(it), float(value)))
         within = stage.level_start[level] + stage.level_width[level] * min(1.0, (it + 1) / max(max_iter, 1))
         run.tracker.update(
-            f"stage{stage.index}", within, stage=stage.type, stage_index=stage.index, n_stages=len(run.stages),
+            f"stage{stage.index}", within, stage=stage.type, stage_index=stage.index, n_stages=len(run.opt.stages),
             level=int(level), n_levels=n_levels, iteration=int(it), metric=float(value),
             message=f"{stage.type} level {level + 1}/{n_levels}", _transform_factory=lambda: make_preview(position),
         )
-        if run.cancelled():
+        if run.opt.cancelled():
             cancelled_here.append(True)
             method.StopRegistration()
 
     method.AddCommand(sitk.sitkIterationEvent, on_iteration)
     try:
-        with _metric_threads(run.threads):
+        with _metric_threads(run.opt.threads):
             method.Execute(*images)
     except RuntimeError as exc:
-        if cancelled_here or run.cancelled():
+        if cancelled_here or run.opt.cancelled():
             raise RegistrationCancelled() from None
         reason = _short_itk_error(exc)
         if "overlap" in reason or "outside" in reason:
@@ -742,7 +737,7 @@ def _execute(run: _Run, result: RegistrationResult, stage: _Stage, method: sitk.
                 f"the {stage.type} optimiser moved the images apart ({reason}); try a smaller learning "
                 "rate, landmark initialisation or masks", [reason], None) from None
         raise CrossModalRegError(f"{stage.type} stage could not run: {reason}") from exc
-    if cancelled_here or run.cancelled():
+    if cancelled_here or run.opt.cancelled():
         raise RegistrationCancelled()
     result.stop_conditions.append(f"{stage.type}: {method.GetOptimizerStopConditionDescription()}")
 
@@ -752,17 +747,17 @@ def _check(run: _Run, result: RegistrationResult) -> None:
     start, the transform's plausibility and overlap, and the independent (NGF) agreement when the preset asks."""
     t = time.perf_counter()
     final = result.transform_fixed_to_moving_lps
-    with _metric_threads(run.threads):
+    with _metric_threads(run.opt.threads):
         result.final_metric = _first_stage_metric(run, final)
     result.sanity = sanity.check_result(run.fixed_p, run.moving_p, final, initial_metric=result.initial_metric,
                                         final_metric=result.final_metric, fixed_mask=run.overlap_region)
-    if run.preset.get("checks", {}).get("independent_agreement", True):
-        identity = sitk.Transform(run.dim, sitk.sitkIdentity)  # the headers' own alignment
+    if run.opt.preset.get("checks", {}).get("independent_agreement", True):
+        identity = sitk.Transform(run.opt.dim, sitk.sitkIdentity)  # the headers' own alignment
         starts = {"headers": identity, "initialisation": run.initialised_fixed_to_moving,
                   "search": run.searched_fixed_to_moving}
-        with _metric_threads(run.threads):
+        with _metric_threads(run.opt.threads):
             result.sanity.checks.append(sanity.check_independent_agreement(
-                run.fixed_p, run.moving_p, final, starts, fixed_mask=run.fixed_mask, seed=run.seed))
+                run.fixed_p, run.moving_p, final, starts, fixed_mask=run.opt.fixed_mask, seed=run.opt.seed))
     run.timings["sanity"] = time.perf_counter() - t
 
 
@@ -782,25 +777,26 @@ def _finish(run: _Run, result: RegistrationResult, *, strict: bool) -> Registrat
 def _first_stage_metric(run: _Run, transform: sitk.Transform) -> float:
     """The first stage's metric (lower is better) at ``transform`` (fixed -> moving): SimpleITK's on the smoothed
     evaluation copies, or MIND-SSC on the input images (``mind.evaluate``: off-grid samples, field-of-view mask)."""
-    metric = run.stages[0]["metric"]
+    o = run.opt
+    metric = o.stages[0]["metric"]
     if metric["name"] == "mind_ssc":
         from . import mind
 
-        return mind.evaluate(run.fixed, run.moving, transform, metric, seed=run.seed, fixed_mask=run.fixed_mask,
-                             moving_mask=run.moving_mask)
-    return sanity.evaluate_metric(run.fixed_eval, run.moving_eval, transform, metric, fixed_mask=run.fixed_mask,
-                                  moving_mask=run.moving_mask, seed=run.seed)
+        return mind.evaluate(o.fixed, o.moving, transform, metric, seed=o.seed, fixed_mask=o.fixed_mask,
+                             moving_mask=o.moving_mask)
+    return sanity.evaluate_metric(run.fixed_eval, run.moving_eval, transform, metric, fixed_mask=o.fixed_mask,
+                                  moving_mask=o.moving_mask, seed=o.seed)
 
 
 def _mind_stage(run: _Run, result: RegistrationResult, stage: _Stage, linear: sitk.Transform) -> sitk.Transform:
-    """A stage on MIND-SSC, on the input images (``run.fixed``, ``run.moving``). Rigid: ``mind.register_rigid``,
+    """A stage on MIND-SSC, on the input images (``run.opt.fixed``, ``run.opt.moving``). Rigid: ``mind.register_rigid``,
     returns its Euler3DTransform. B-spline (asgd): the levels of ``_bspline_levels`` optimised by
     ``stochastic_bspline.optimise_level`` on ``mind.MindBSplineLevel``; returns the B-spline B (fixed ->
     intermediate, the stage's transform being ``linear(B(x))``). Both fixed -> moving, LPS."""
     from . import mind
     from . import stochastic_bspline as sb
 
-    cfg, si = stage.config, stage.index
+    o, cfg, si = run.opt, stage.config, stage.index
     bspline = cfg["type"] == "bspline"
     levels = len(cfg.get("shrink_factors" if bspline else "level_spacing_mm", [1.0]))
     iterations = int(cfg.get("optimizer", {}).get("iterations", 30))
@@ -808,16 +804,16 @@ def _mind_stage(run: _Run, result: RegistrationResult, stage: _Stage, linear: si
     def on_iteration(level, it, value):
         result.metric_trace.append(MetricSample(si, cfg["type"], int(level), int(it), float(value)))
         run.tracker.update(f"stage{si}", stage.level_start[level] + stage.level_width[level] * min(
-            1.0, (it + 1) / iterations), stage=cfg["type"], stage_index=si, n_stages=len(run.stages),
+            1.0, (it + 1) / iterations), stage=cfg["type"], stage_index=si, n_stages=len(o.stages),
             level=int(level), n_levels=levels, iteration=int(it), metric=float(value),
             message=f"{cfg['type']} (MIND-SSC) level {level + 1}/{levels}")
 
     try:
-        f_mask, m_mask = mind.fov_masks(run.fixed, run.moving, cfg["metric"], run.fixed_mask, run.moving_mask)
+        f_mask, m_mask = mind.fov_masks(o.fixed, o.moving, cfg["metric"], o.fixed_mask, o.moving_mask)
         if not bspline:
-            tx, stops = mind.register_rigid(run.fixed, run.moving, linear, cfg, seed=run.seed + si * 16,
+            tx, stops = mind.register_rigid(o.fixed, o.moving, linear, cfg, seed=o.seed + si * 16,
                                             fixed_mask=f_mask, moving_mask=m_mask, on_iteration=on_iteration,
-                                            cancelled=run.cancelled)
+                                            cancelled=o.cancelled)
         else:
             tx, stops = _mind_bspline_levels(run, stage, linear, f_mask, m_mask, on_iteration)
     except sb.ImagesApart as exc:
@@ -825,7 +821,7 @@ def _mind_stage(run: _Run, result: RegistrationResult, stage: _Stage, linear: si
                                  None) from None
     except ValueError as exc:
         raise CrossModalRegError(f"the MIND-SSC {cfg['type']} stage could not run: {exc}") from None
-    if run.cancelled():
+    if o.cancelled():
         raise RegistrationCancelled()
     result.stop_conditions.extend(stops)
     return tx
@@ -836,7 +832,7 @@ def _mind_bspline_levels(run: _Run, stage: _Stage, linear, f_mask, m_mask, on_it
     from . import mind
     from . import stochastic_bspline as sb
 
-    cfg, si = stage.config, stage.index
+    o, cfg, si = run.opt, stage.config, stage.index
     opt = cfg.get("optimizer", {})
     iterations = int(opt.get("iterations", 30))
     shrink, sigmas = _levels(cfg)
@@ -847,17 +843,17 @@ def _mind_bspline_levels(run: _Run, stage: _Stage, linear, f_mask, m_mask, on_it
     mind_cfg = mind.MindConfig.from_metric(cfg["metric"])
     stops, tx = [], None
     for level, _f, _m, tx in _bspline_levels(cfg, run.fixed_p, run.moving_p, mesh, run.pyramid_cache,
-                                             run.cancelled):
-        f_l, m_l = mind.level_images(run.fixed, run.moving, shrink[level] * min(run.fixed.GetSpacing()),
+                                             o.cancelled):
+        f_l, m_l = mind.level_images(o.fixed, o.moving, shrink[level] * min(o.fixed.GetSpacing()),
                                      sigmas[level])
         lv = mind.MindBSplineLevel(mind.MindLevel(f_l, m_l, mind_cfg, fixed_mask=f_mask, moving_mask=m_mask),
-                                   linear, tx, rng=np.random.default_rng(run.seed + si * 16 + level))
+                                   linear, tx, rng=np.random.default_rng(o.seed + si * 16 + level))
         stop = sb.optimise_level(
             lv, iterations=iterations, samples=n_samples[level], max_step_mm=steps[level],
             a_offset=float(opt.get("A", 20.0)), alpha=float(opt.get("alpha", 0.602)),
             bending_weight=float(cfg.get("regularization", {}).get("bending_energy_weight", 0.0)),
             average_last=float(opt.get("average_last", 0.0)),
-            on_iteration=lambda it, v, _c, level=level: on_iteration(level, it, v), cancelled=run.cancelled)
+            on_iteration=lambda it, v, _c, level=level: on_iteration(level, it, v), cancelled=o.cancelled)
         stops.append(f"mind_ssc bspline level {level + 1}: {stop}")
     return tx, stops
 
@@ -869,13 +865,13 @@ def _stochastic_bspline_stage(run: _Run, result: RegistrationResult, stage: _Sta
 
     Returns the B-spline (fixed -> intermediate, LPS); the stage's transform is ``linear(B(x))``, fixed -> moving.
     Samples are drawn over the whole fixed image, or inside the fixed mask when one is given (a mask drawn inside
-    the organ's boundary hides the edges mutual information needs: see the README). ``run.threads`` share each
+    the organ's boundary hides the edges mutual information needs: see the README). ``run.opt.threads`` share each
     iteration's samples (None: every core); the result does not depend on their number."""
     import os
 
     from . import stochastic_bspline as sb
 
-    cfg, si = stage.config, stage.index
+    o, cfg, si = run.opt, stage.config, stage.index
     shrink, _ = _levels(cfg)
     opt = cfg.get("optimizer", {})
     iterations = int(opt.get("iterations", 256))
@@ -884,12 +880,12 @@ def _stochastic_bspline_stage(run: _Run, result: RegistrationResult, stage: _Sta
     bending = float(cfg.get("regularization", {}).get("bending_energy_weight", 0.0))
     level_tx = None
     for level, f_l, m_l, level_tx in _bspline_levels(cfg, run.fixed_p, run.moving_p, mesh, run.pyramid_cache,
-                                                     run.cancelled):
+                                                     o.cancelled):
         try:
             opt_level = sb.StochasticBSplineLevel(
-                sb.LevelImages(f_l, m_l, _sample_mask(run.fixed_mask, f_l)), linear, level_tx,
-                bins=int(cfg["metric"].get("bins", 32)), moving_mask=run.moving_mask,
-                rng=np.random.default_rng(run.seed + si * 16 + level))
+                sb.LevelImages(f_l, m_l, _sample_mask(o.fixed_mask, f_l)), linear, level_tx,
+                bins=int(cfg["metric"].get("bins", 32)), moving_mask=o.moving_mask,
+                rng=np.random.default_rng(o.seed + si * 16 + level))
         except ValueError as exc:
             raise CrossModalRegError(f"bspline stage could not run: {exc}") from None
         try:
@@ -898,11 +894,11 @@ def _stochastic_bspline_stage(run: _Run, result: RegistrationResult, stage: _Sta
                 a_offset=float(opt.get("A", 20.0)), alpha=float(opt.get("alpha", 0.602)), bending_weight=bending,
                 average_last=float(opt.get("average_last", 0.0)),
                 on_iteration=_asgd_reporter(run, result, stage, linear, level, level_tx, iterations),
-                cancelled=run.cancelled, threads=run.threads if run.threads else os.cpu_count())
+                cancelled=o.cancelled, threads=o.threads if o.threads else os.cpu_count())
         except sb.ImagesApart as exc:
             raise RegistrationFailed(f"the bspline optimiser moved the images apart ({exc}); try a smaller "
                                      "max_step_mm, a fixed mask or landmarks", [str(exc)], None) from None
-        if stop == "cancelled" or run.cancelled():
+        if stop == "cancelled" or o.cancelled():
             raise RegistrationCancelled()
         result.stop_conditions.append(f"bspline level {level + 1}: {stop}")
     return level_tx
@@ -933,7 +929,7 @@ def _asgd_reporter(run: _Run, result: RegistrationResult, stage: _Stage, linear,
             return sitk.CompositeTransform([_copy_transform(linear), b])
 
         run.tracker.update(f"stage{stage.index}", stage.level_start[level] + stage.level_width[level] * (it + 1)
-                           / iterations, stage="bspline", stage_index=stage.index, n_stages=len(run.stages),
+                           / iterations, stage="bspline", stage_index=stage.index, n_stages=len(run.opt.stages),
                            level=level, n_levels=n_levels, iteration=int(it), metric=float(value),
                            message=f"bspline level {level + 1}/{n_levels}", _transform_factory=preview)
 
