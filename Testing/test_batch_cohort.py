@@ -207,6 +207,23 @@ def test_good_cases_succeed_and_planted_failures_are_flagged(main_run):
     assert run.record("bw02")["tre_mean_mm"] is None  # no landmarks there
 
 
+def test_a_2d_deformable_case_has_the_jacobian_of_its_own_transform(main_run, cohort_csv):
+    """Batch validates a 2D case as a one-slice volume; its Jacobian statistics are those of the 2D result
+    (``validation.jacobian`` on the fixed grid), not a 3D-only map switched off for 2D."""
+    from CrossModalRegLib.validation import jacobian_determinant_image
+
+    run, out = main_run
+    tx = sitk.ReadTransform(os.path.join(out, "cases", DEFORMABLE, "transform.h5"))
+    assert not tx.IsLinear() and tx.GetDimension() == 2
+    fixed = sitk.ReadImage(os.path.join(os.path.dirname(cohort_csv), "fixed.mha"))
+    jac = sitk.GetArrayFromImage(jacobian_determinant_image(tx, fixed))
+    rec = run.record(DEFORMABLE)
+    assert jac.max() - jac.min() > 0.05  # a real deformation
+    # the one-slice volume carries the result as a displacement field sampled at 1/4 of the control spacing
+    assert rec["jacobian_min"] == pytest.approx(float(jac.min()), abs=0.03)
+    assert rec["jacobian_max"] == pytest.approx(float(jac.max()), abs=0.03)
+
+
 def test_qc_table_and_report(main_run):
     run, out = main_run
     with open(os.path.join(out, "cohort_qc.tsv")) as f:

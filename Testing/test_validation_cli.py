@@ -140,3 +140,27 @@ def test_a_non_empty_output_directory_is_refused(files, tmp_path, capsys):
     assert main(_args(files, out)) == 2
     assert "is not empty" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_a_2d_deformable_transform_gets_its_jacobian_map(tmp_path):
+    """2D images with a 2D B-spline (fixed -> moving): the map is 2D on the fixed grid and the summary is its
+    statistics (it used to stop with "the Jacobian map needs a 3D grid", exit 2)."""
+    from CrossModalRegLib.validation import jacobian_determinant_image
+
+    image = sitk.GaussianSource(sitk.sitkFloat32, [48, 40], [10.0, 8.0], [24.0, 20.0], 100.0)
+    bspline = sitk.BSplineTransformInitializer(image, [4, 4], 3)
+    bspline.SetParameters(tuple(np.random.default_rng(0).normal(scale=1.0, size=bspline.GetNumberOfParameters())))
+    paths = {k: str(tmp_path / f"{k}.nii.gz") for k in ("fixed", "moving")}
+    for p in paths.values():
+        sitk.WriteImage(image, p)
+    sitk.WriteTransform(bspline, str(tmp_path / "T.h5"))
+    out = tmp_path / "out"
+    assert main(["validate", "--fixed", paths["fixed"], "--moving", paths["moving"], "--transform",
+                 str(tmp_path / "T.h5"), "--write-jacobian", "--output-dir", str(out)]) == 0
+    written = sitk.ReadImage(str(out / "jacobian.nii.gz"))
+    assert written.GetDimension() == 2 and written.GetSize() == image.GetSize()
+    expected = sitk.GetArrayFromImage(jacobian_determinant_image(bspline, image))
+    assert expected.max() - expected.min() > 0.1  # a real deformation
+    values = json.load(open(out / "summary.json"))["values"]
+    assert values["jacobian_min"] == pytest.approx(float(expected.min()), abs=1e-6)
+    assert values["jacobian_max"] == pytest.approx(float(expected.max()), abs=1e-6)

@@ -5,11 +5,19 @@ FIXED image's physical space (LPS mm) to the corresponding point of the MOVING i
 resampling direction. ``sitk.Resample(moving, fixed, result.transform_fixed_to_moving_lps)`` brings the moving
 image onto the fixed grid; in Slicer the same transform is the *transform from parent* of the node the moving
 volume is placed under (see ``mrml.set_transform_fixed_to_moving``).
+
+:func:`register` is a short pipeline of named steps passing one state object (``_Run``, holding the checked
+``_Options``):
+``_validated_run`` (pre-flight: every input and option checked before anything is computed) -> ``_preprocess``
+-> ``_initialise`` (moments / geometry / landmarks / the caller's transform, then the orientation and rotation
+searches) -> ``_run_stages`` (each stage: ``_linear_stage``, ``_itk_bspline_stage``, ``_stochastic_bspline_stage``
+or ``_mind_stage``) -> ``_check`` (post-run sanity checks) -> ``_finish`` (timings, strict failure, progress 1).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -267,6 +275,79 @@ def _is_stochastic(stage: dict) -> bool:
     return stage["type"] == "bspline" and stage.get("optimizer", {}).get("name") == "asgd"
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The checked inputs and options of one :func:`register` call (made by ``_validated_run``, read-only)."""
+
+    fixed: sitk.Image
+    moving: sitk.Image
+    preset: dict
+    dim: int
+    fixed_mask: sitk.Image | None
+    moving_mask: sitk.Image | None
+    fixed_landmarks: object
+    moving_landmarks: object
+    given_start_fixed_to_moving: sitk.Transform | None  # the caller's initial transform (LPS), if any
+    method_name: str  # "moments", "geometry", "landmarks", "none" or "transform" (the caller's)
+    do_search: object  # rotation search (the preset's value or the caller's)
+    do_orient: object  # orientation search (3D only)
+    seed: int
+    threads: int | None
+    cancelled: Callable[[], bool]
+
+    @property
+    def stages(self) -> list[dict]:
+        return self.preset["stages"]
+
+    @property
+    def init_cfg(self) -> dict:
+        return self.preset.get("initialization", {})
+
+
+@dataclass
+class _Run:
+    """What the steps of one :func:`register` call share: the options, progress and timings, then what each step
+    adds (``_preprocess`` the working images, ``_initialise`` the start). Every transform held here maps
+    FIXED-space points to MOVING-space points, LPS mm."""
+
+    opt: _Options
+    t_start: float
+    tracker: ProgressTracker | None = None
+    stage_costs: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    fixed_p: sitk.Image | None = None  # preprocessed, at the working resolution
+    moving_p: sitk.Image | None = None
+    pyramid_cache: dict = field(default_factory=dict)
+    overlap_region: sitk.Image | None = None  # fixed mask, else the fixed Otsu foreground
+    fixed_eval: sitk.Image | None = None  # smoothed copies for the start/end metric
+    moving_eval: sitk.Image | None = None
+    start_metric: float | None = None
+    init_info: dict = field(default_factory=dict)
+    initialised_fixed_to_moving: sitk.Transform | None = None  # the initialisation, before any search
+    current_fixed_to_moving: sitk.Transform | None = None  # the optimiser's start, after the searches
+    searched_fixed_to_moving: sitk.Transform | None = None  # a copy of it (kept when a stage changes the original)
+
+
+@dataclass
+class _Stage:
+    """One preset stage while it runs: its index, its settings and where its levels sit within its progress."""
+
+    index: int
+    config: dict
+    level_start: np.ndarray
+    level_width: np.ndarray
+
+    @classmethod
+    def of(cls, index: int, config: dict, costs: list[float]) -> _Stage:
+        return cls(index, config, np.concatenate([[0.0], np.cumsum(costs)])[:-1] / sum(costs),
+                   np.array(costs) / sum(costs))
+
+    @property
+    def type(self) -> str:
+        return self.config["type"]
+
+
 def register(
     fixed: sitk.Image,
     moving: sitk.Image,
@@ -331,11 +412,27 @@ def register(
     RegistrationResult
         ``transform_fixed_to_moving_lps`` maps fixed-space points to moving-space points (LPS mm).
     """
-    t_start = time.perf_counter()
-    cancelled = _cancel_checker(cancel)
+    t_start, cancelled = time.perf_counter(), _cancel_checker(cancel)
     preset_dict = presets.apply_overrides(presets.load_preset(preset), overrides)
+    run = _Run(_validated_run(
+        fixed, moving, preset_dict, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_landmarks=fixed_landmarks,
+        moving_landmarks=moving_landmarks, initial_transform_fixed_to_moving=initial_transform_fixed_to_moving,
+        initialization_method=initialization_method, rotation_search=rotation_search,
+        orientation_search=orientation_search, seed=seed, threads=threads, cancelled=cancelled), t_start)
+    run.tracker, run.inputs = _progress_tracker(run, progress), _input_provenance(run)
+    _preprocess(run)
+    _initialise(run)
+    result = _new_result(run)
+    result.transform_fixed_to_moving_lps = _run_stages(run, result)
+    _check(run, result)
+    return _finish(run, result, strict=strict)
 
-    # ---------------------------------------------------------------- pre-flight (nothing is created before)
+
+def _validated_run(fixed, moving, preset_dict, *, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks,
+                   initial_transform_fixed_to_moving, initialization_method, rotation_search, orientation_search,
+                   seed, threads, cancelled) -> _Options:
+    """Pre-flight: every input and option checked (raising ``CrossModalRegError`` with what to fix) before
+    anything is computed; returns them with the chosen initialisation and searches."""
     pre = preset_dict.get("preprocessing", {})
     check_image(fixed, "fixed", allow_vector="grey" in pre.get("fixed", {}))
     check_image(moving, "moving", allow_vector="grey" in pre.get("moving", {}))
@@ -351,7 +448,7 @@ def register(
         )
     fixed_mask = check_mask(fixed_mask, "fixed", fixed)
     moving_mask = check_mask(moving_mask, "moving", moving)
-    init_cfg = dict(preset_dict.get("initialization", {}))
+    init_cfg = preset_dict.get("initialization", {})
     method_name = initialization_method or (
         "landmarks" if fixed_landmarks is not None or moving_landmarks is not None else init_cfg.get("method", "moments")
     )
@@ -360,398 +457,486 @@ def register(
     if method_name == "landmarks":
         fixed_landmarks, moving_landmarks = initialization.check_landmark_pairs(fixed_landmarks, moving_landmarks, dim)
     if initial_transform_fixed_to_moving is not None:
-        if initial_transform_fixed_to_moving.GetDimension() != dim:
-            raise CrossModalRegError(
-                f"initial transform is {initial_transform_fixed_to_moving.GetDimension()}D but the images are {dim}D"
-            )
-        if not initial_transform_fixed_to_moving.IsLinear():
-            raise CrossModalRegError("the initial transform must be linear (rigid or affine)")
+        _check_initial_transform(initial_transform_fixed_to_moving, dim)
     do_search = init_cfg.get("rotation_search", {}).get("enabled", False) if rotation_search is None else rotation_search
     do_orient = (init_cfg.get("orientation_search", {}).get("enabled", False) if orientation_search is None
                  else orientation_search) and dim == 3
     if method_name in ("landmarks", "transform"):
         do_search = bool(rotation_search)  # a user-given start is trusted unless a search is asked for
         do_orient = bool(orientation_search) and dim == 3
+    return _Options(fixed, moving, preset_dict, dim, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks,
+                    initial_transform_fixed_to_moving, method_name, do_search, do_orient, seed, threads, cancelled)
 
-    stages = preset_dict["stages"]
-    weights = {"preprocess": 0.03 * 1e6, "initialize": (0.02 + 0.13 * do_search + 0.1 * do_orient) * 1e6}
-    stage_costs = [_level_costs(fixed, st) for st in stages]
-    total_stage = sum(sum(c) for c in stage_costs) or 1.0
-    for i, c in enumerate(stage_costs):
+
+def _check_initial_transform(tx: sitk.Transform, dim: int) -> None:
+    """The caller's starting transform (fixed -> moving, LPS) must be linear and of the images' dimension."""
+    if tx.GetDimension() != dim:
+        raise CrossModalRegError(f"initial transform is {tx.GetDimension()}D but the images are {dim}D")
+    if not tx.IsLinear():
+        raise CrossModalRegError("the initial transform must be linear (rigid or affine)")
+
+
+def _progress_tracker(run: _Run, progress) -> ProgressTracker:
+    """The progress weights of the steps: preprocessing, initialisation (more with searches) and each stage by
+    its estimated cost; also stores the stages' per-level costs in ``run.stage_costs``."""
+    weights = {"preprocess": 0.03 * 1e6,
+               "initialize": (0.02 + 0.13 * run.opt.do_search + 0.1 * run.opt.do_orient) * 1e6}
+    run.stage_costs = [_level_costs(run.opt.fixed, st) for st in run.opt.stages]
+    total_stage = sum(sum(c) for c in run.stage_costs) or 1.0
+    for i, c in enumerate(run.stage_costs):
         weights[f"stage{i}"] = 0.80 * 1e6 * sum(c) / total_stage
-    tracker = ProgressTracker(progress, weights)
-    timings = {}
+    return ProgressTracker(progress, weights)
 
+
+def _input_provenance(run: _Run) -> dict:
+    """Checksums, sizes and spacings of the inputs (and masks, landmark pairs) for the provenance."""
+    fixed, moving = run.opt.fixed, run.opt.moving
     inputs = {
         "fixed": {"sha256": sha256_of_image(fixed), "size": list(fixed.GetSize()), "spacing": list(fixed.GetSpacing())},
         "moving": {"sha256": sha256_of_image(moving), "size": list(moving.GetSize()),
                    "spacing": list(moving.GetSpacing())},
     }
-    if fixed_mask is not None:
-        inputs["fixed_mask"] = {"sha256": sha256_of_image(fixed_mask)}
-    if moving_mask is not None:
-        inputs["moving_mask"] = {"sha256": sha256_of_image(moving_mask)}
-    if fixed_landmarks is not None and moving_landmarks is not None:
-        inputs["landmark_pairs"] = int(len(fixed_landmarks))
+    if run.opt.fixed_mask is not None:
+        inputs["fixed_mask"] = {"sha256": sha256_of_image(run.opt.fixed_mask)}
+    if run.opt.moving_mask is not None:
+        inputs["moving_mask"] = {"sha256": sha256_of_image(run.opt.moving_mask)}
+    if run.opt.fixed_landmarks is not None and run.opt.moving_landmarks is not None:
+        inputs["landmark_pairs"] = int(len(run.opt.fixed_landmarks))
+    return inputs
 
-    # ---------------------------------------------------------------- preprocessing
+
+def _preprocess(run: _Run) -> None:
+    """The preset's preprocessing of both images, at the working resolution (``run.fixed_p``, ``run.moving_p``)."""
     t = time.perf_counter()
-    tracker.update("preprocess", 0.0, message="preprocessing")
+    o = run.opt
+    pre = o.preset.get("preprocessing", {})
+    run.tracker.update("preprocess", 0.0, message="preprocessing")
     # When every stage stops at a level coarser than the images (e.g. 2 mm for a 1 mm head), work on block-averaged
     # copies at that resolution from the start: preprocessing, pyramids and checks then cost 1/8 as much.
-    working_mm = _working_spacing_mm(stages)
-    fixed_w, moving_w = _at_working_resolution(fixed, working_mm), _at_working_resolution(moving, working_mm)
-    inputs["working_spacing_mm"] = working_mm  # None: the images' own grids
-    fixed_p = preprocess(fixed_w, pre.get("fixed"), mask=fixed_mask, cancelled=cancelled)
-    tracker.update("preprocess", 0.5, message="preprocessing")
-    moving_p = preprocess(moving_w, pre.get("moving"), mask=moving_mask, cancelled=cancelled)
-    if cancelled():
+    working_mm = _working_spacing_mm(o.stages)
+    fixed_w, moving_w = _at_working_resolution(o.fixed, working_mm), _at_working_resolution(o.moving, working_mm)
+    run.inputs["working_spacing_mm"] = working_mm  # None: the images' own grids
+    run.fixed_p = preprocess(fixed_w, pre.get("fixed"), mask=o.fixed_mask, cancelled=o.cancelled)
+    run.tracker.update("preprocess", 0.5, message="preprocessing")
+    run.moving_p = preprocess(moving_w, pre.get("moving"), mask=o.moving_mask, cancelled=o.cancelled)
+    if o.cancelled():
         raise RegistrationCancelled()
-    tracker.update("preprocess", 1.0, message="preprocessed")
-    timings["preprocess"] = time.perf_counter() - t
+    run.tracker.update("preprocess", 1.0, message="preprocessed")
+    run.timings["preprocess"] = time.perf_counter() - t
 
-    # ---------------------------------------------------------------- initialisation
+
+def _initialise(run: _Run) -> None:
+    """The start (fixed -> moving, LPS): the caller's transform or the initialisation method, checked for overlap,
+    its metric taken as the reference, then improved by the orientation and rotation searches when enabled."""
     t = time.perf_counter()
-    tracker.update("initialize", 0.0, message=f"initialising ({method_name})")
-    if method_name == "transform":
-        current = initial_transform_fixed_to_moving
-        init_info = {"method": "transform"}
+    o = run.opt
+    run.tracker.update("initialize", 0.0, message=f"initialising ({o.method_name})")
+    if o.method_name == "transform":
+        current = o.given_start_fixed_to_moving
+        run.init_info = {"method": "transform"}
     else:
-        current, init_info = initialization.initial_transform(
-            fixed_p, moving_p, method_name, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks
-        )
-    initialised = _copy_transform(current)  # before any search: one of the starts the result is compared with
+        current, run.init_info = initialization.initial_transform(
+            run.fixed_p, run.moving_p, o.method_name, fixed_landmarks=o.fixed_landmarks,
+            moving_landmarks=o.moving_landmarks)
+    run.initialised_fixed_to_moving = _copy_transform(current)  # one of the starts the result is compared with
     # Where the fixed image has something to overlap: its mask, else its Otsu foreground (used before and after).
-    overlap_region = fixed_mask if fixed_mask is not None else foreground_mask(fixed_p)
-    initialization.check_overlap(fixed_p, moving_p, current, fixed_mask=overlap_region, when="after initialisation")
+    run.overlap_region = o.fixed_mask if o.fixed_mask is not None else foreground_mask(run.fixed_p)
+    initialization.check_overlap(run.fixed_p, run.moving_p, current, fixed_mask=run.overlap_region,
+                                 when="after initialisation")
     # The reference for "did the optimisation make it worse": the start before any search or optimisation.
-    fixed_eval, moving_eval = sanity.smoothed_for_evaluation(fixed_p), sanity.smoothed_for_evaluation(moving_p)
-    with _metric_threads(threads):
-        start_metric = _first_stage_metric(fixed, moving, fixed_eval, moving_eval, current, stages[0]["metric"],
-                                           fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
-    if do_orient:
-        with _metric_threads(threads):
-            current, orient_info = initialization.orientation_search(
-                fixed_p, moving_p, current, metric=stages[0]["metric"], config=dict(init_cfg.get("orientation_search", {})),
-                seed=seed, fixed_mask=fixed_mask, moving_mask=moving_mask, cancelled=cancelled,
-                report=lambda f: tracker.update("initialize", 0.4 * f if do_search else f, message="searching orientations"),
-            )
-        init_info["orientation_search"] = orient_info
-    if do_search:
-        search_cfg = dict(init_cfg.get("rotation_search", {}))
-        with _metric_threads(threads):
-            current, search_info = initialization.rotation_search(
-                fixed_p, moving_p, current, metric=stages[0]["metric"], config=search_cfg, seed=seed,
-                fixed_mask=fixed_mask, moving_mask=moving_mask, cancelled=cancelled,
-                report=lambda f: tracker.update("initialize", 0.4 * do_orient + (1 - 0.4 * do_orient) * f,
-                                                message="searching rotations"),
-            )
-        init_info["rotation_search"] = search_info
-    initial_transform = _copy_transform(current)
-    tracker.update("initialize", 1.0, message="initialised")
-    timings["initialize"] = time.perf_counter() - t
+    run.fixed_eval = sanity.smoothed_for_evaluation(run.fixed_p)
+    run.moving_eval = sanity.smoothed_for_evaluation(run.moving_p)
+    with _metric_threads(o.threads):
+        run.start_metric = _first_stage_metric(run, current)
+    if o.do_orient:
+        current = _search(run, current, "orientation_search", lambda f: run.tracker.update(
+            "initialize", 0.4 * f if o.do_search else f, message="searching orientations"))
+    if o.do_search:
+        current = _search(run, current, "rotation_search", lambda f: run.tracker.update(
+            "initialize", 0.4 * o.do_orient + (1 - 0.4 * o.do_orient) * f, message="searching rotations"))
+    run.current_fixed_to_moving = current
+    run.searched_fixed_to_moving = _copy_transform(current)
+    run.tracker.update("initialize", 1.0, message="initialised")
+    run.timings["initialize"] = time.perf_counter() - t
 
+
+def _search(run: _Run, current: sitk.Transform, kind: str, report) -> sitk.Transform:
+    """A better start than ``current`` (fixed -> moving, LPS) from ``initialization.orientation_search`` (the 24
+    axis-aligned orientations of the moving image) or ``initialization.rotation_search`` (a coarse grid of
+    rotations, refined), configured by the preset's ``initialization.<kind>``; its report goes into the
+    provenance's ``initialization.<kind>``."""
+    o = run.opt
+    search = initialization.orientation_search if kind == "orientation_search" else initialization.rotation_search
+    with _metric_threads(o.threads):
+        current, info = search(run.fixed_p, run.moving_p, current, metric=o.stages[0]["metric"],
+                               config=dict(o.init_cfg.get(kind, {})), seed=o.seed, fixed_mask=o.fixed_mask,
+                               moving_mask=o.moving_mask, cancelled=o.cancelled, report=report)
+    run.init_info[kind] = info
+    return current
+
+
+def _new_result(run: _Run) -> RegistrationResult:
+    """The result as it stands after initialisation (its transform is the start until the stages replace it)."""
     result = RegistrationResult(
-        transform_fixed_to_moving_lps=current,
-        initial_transform_fixed_to_moving_lps=initial_transform,
-        preset=preset_dict,
-        preset_sha256=presets.preset_sha256(preset_dict),
-        seed=int(seed),
-        dimension=dim,
-        initialization=init_info,
-        inputs=inputs,
+        transform_fixed_to_moving_lps=run.current_fixed_to_moving,
+        initial_transform_fixed_to_moving_lps=run.searched_fixed_to_moving,
+        preset=run.opt.preset,
+        preset_sha256=presets.preset_sha256(run.opt.preset),
+        seed=int(run.opt.seed),
+        dimension=run.opt.dim,
+        initialization=run.init_info,
+        inputs=run.inputs,
         started=now_iso(),
-        threads=threads,
+        threads=run.opt.threads,
     )
-    result.initial_metric = start_metric
+    result.initial_metric = run.start_metric
+    return result
 
-    # ---------------------------------------------------------------- stages
-    linear = current
-    bspline_tx = None
-    pyramid_cache = {}
-    for si, stage in enumerate(stages):
-        if cancelled():
+
+def _run_stages(run: _Run, result: RegistrationResult) -> sitk.Transform:
+    """Every preset stage in turn, each linear one starting from the linear result before it; returns the final
+    transform, fixed -> moving (LPS): the last linear stage's ``L``, or ``L(B(x))`` with the last B-spline ``B``."""
+    linear, bspline = run.current_fixed_to_moving, None
+    for si, config in enumerate(run.opt.stages):
+        if run.opt.cancelled():
             raise RegistrationCancelled()
         t = time.perf_counter()
-        stage_type = stage["type"]
-        shrink, sigmas = _levels(stage)
-        costs = stage_costs[si]
-        level_start = np.concatenate([[0.0], np.cumsum(costs)])[:-1] / sum(costs)
-        level_width = np.array(costs) / sum(costs)
-        state = {"cancelled": False}
-        max_iter = int(stage.get("optimizer", {}).get("iterations", 100))
-
-        def make_method(sampling_pcts, seed_offset, stage=stage):
-            return metric_method(stage["metric"], strategy=stage.get("sampling", {}).get("strategy", "random"),
-                                 fractions_per_level=sampling_pcts, seed=seed + seed_offset,
-                                 fixed_mask=fixed_mask, moving_mask=moving_mask)
-
-        def run(method, fixed_img, moving_img, make_preview, level_of, si=si, stage_type=stage_type, state=state,
-                level_start=level_start, level_width=level_width, n_levels=len(shrink), max_iter=max_iter):
-            def on_iteration():
-                level = level_of(method)
-                it = method.GetOptimizerIteration()
-                value = method.GetMetricValue()
-                position = method.GetOptimizerPosition()  # copied now: the optimiser forgets it after the run
-                state["position"] = position  # where the optimiser was, should ITK fail at the next step
-                result.metric_trace.append(MetricSample(si, stage_type, int(level), int(it), float(value)))
-                within = level_start[level] + level_width[level] * min(1.0, (it + 1) / max(max_iter, 1))
-                tracker.update(
-                    f"stage{si}", within, stage=stage_type, stage_index=si, n_stages=len(stages), level=int(level),
-                    n_levels=n_levels, iteration=int(it), metric=float(value),
-                    message=f"{stage_type} level {level + 1}/{n_levels}",
-                    _transform_factory=lambda: make_preview(position),
-                )
-                if cancelled():
-                    state["cancelled"] = True
-                    method.StopRegistration()
-
-            method.AddCommand(sitk.sitkIterationEvent, on_iteration)
-            try:
-                with _metric_threads(threads):
-                    method.Execute(fixed_img, moving_img)
-            except RuntimeError as exc:
-                if state["cancelled"] or cancelled():
-                    raise RegistrationCancelled() from None
-                raise _stage_error(stage_type, exc, state.get("position"), make_preview, fixed_img,
-                                   moving_img) from None
-            if state["cancelled"] or cancelled():
-                raise RegistrationCancelled()
-            result.stop_conditions.append(f"{stage_type}: {method.GetOptimizerStopConditionDescription()}")
-
-        if stage["metric"]["name"] == "mind_ssc":
-            # MIND-SSC (``mind``): its own descriptors, off-grid samples and optimiser, on the input images (the
-            # ultrasound's zero background is its field of view, which preprocessing would blur).
-            out = _mind_stage(stage, si, fixed, moving, linear, seed=seed, fixed_mask=fixed_mask,
-                              moving_mask=moving_mask, cancelled=cancelled, result=result, tracker=tracker,
-                              n_stages=len(stages), level_start=level_start, level_width=level_width,
-                              fixed_p=fixed_p, moving_p=moving_p, pyramid_cache=pyramid_cache)
-            if stage_type == "bspline":
-                bspline_tx = [out]
-            else:
-                linear = out
-        elif stage_type in ("rigid", "affine"):
-            # Linear stages: our own pyramid of block-averaged (BinShrink) and smoothed copies, one optimisation per
-            # level. ITK's built-in pyramid smooths the full-size images at every level, which was a third of the
-            # run time on a 1 mm head; the result is the same kind of coarse-to-fine optimisation.
-            stage_tx = _linear_transform_for(stage_type, dim, linear)
-            pcts = _sampling_percentages(fixed_p, stage)
-
-            def make_preview(pos, stage_tx=stage_tx):
-                tx = _copy_transform(stage_tx)
-                tx.SetParameters(pos)
-                return tx
-
-            factors = _level_factors(fixed_p, stage)
-            for level, (factor, sigma) in enumerate(zip(factors, sigmas)):
-                if cancelled():
-                    raise RegistrationCancelled()
-                f_l = _pyramid_level(pyramid_cache, "fixed", fixed_p, factor, sigma, reference_spacing=fixed_p)
-                m_l = _pyramid_level(pyramid_cache, "moving", moving_p, factor, sigma, reference_spacing=fixed_p)
-                n_level = float(np.prod(f_l.GetSize()))
-                n_wanted = pcts[level] * np.prod(fixed_p.GetSize()) / factor ** dim
-                _check_level_samples(stage_type, si, level, f_l, min(n_wanted, n_level))
-                method = make_method([min(1.0, n_wanted / n_level)], si * 16 + level)
-                method.SetInitialTransform(stage_tx, inPlace=True)
-                _set_optimizer(method, stage.get("optimizer", {}), stage_type)
-                run(method, f_l, m_l, make_preview, lambda _m, level=level: level)
-            linear = stage_tx
+        stage = _Stage.of(si, config, run.stage_costs[si])
+        out = _one_stage(run, result, stage, linear)
+        if stage.type == "bspline":
+            bspline = out
         else:
-            # B-spline, coarse to fine: each level's control grid is the previous one refined (its coefficients fitted
-            # to interpolate the previous level's displacement exactly at the new control points), then optimised
-            # on that level's pyramid images with L-BFGS-B. ITK's built-in mesh refinement cannot be used with
-            # L-BFGS-B (its scales keep the first level's size), and L-BFGS-B is the optimiser that moves thousands
-            # of control points sensibly (a normalised gradient step gives each only ~1/sqrt(n) of the step).
-            scale_factors = [int(v) for v in stage.get("mesh_scale_factors", [1] * len(shrink))]
-            mesh = _bspline_mesh(fixed_p, float(stage["control_point_spacing_mm"]), scale_factors[-1])
-            if _is_stochastic(stage):
-                bspline_tx = [_stochastic_bspline_stage(
-                    stage, si, fixed_p, moving_p, linear, mesh, pyramid_cache, seed=seed, fixed_mask=fixed_mask,
-                    moving_mask=moving_mask, cancelled=cancelled, result=result, tracker=tracker,
-                    n_stages=len(stages), level_start=level_start, level_width=level_width, threads=threads)]
-                timings[f"stage{si}_{stage_type}"] = time.perf_counter() - t
-                tracker.update(f"stage{si}", 1.0, stage=stage_type, stage_index=si, n_stages=len(stages),
-                               message=f"{stage_type} done")
-                continue
-            pcts = _sampling_percentages(fixed_p, stage)
-            for level, f_l, m_l, level_tx in _bspline_levels(stage, fixed_p, moving_p, mesh, pyramid_cache, cancelled):
-                n_wanted = pcts[level] * np.prod(fixed_p.GetSize()) / float(shrink[level]) ** dim
-                _check_level_samples(stage_type, si, level, f_l, min(n_wanted, float(np.prod(f_l.GetSize()))))
-                method = make_method([min(1.0, n_wanted / float(np.prod(f_l.GetSize())))], si * 16 + level)
-                method.SetMovingInitialTransform(_copy_transform(linear))
-                method.SetInitialTransform(level_tx, inPlace=True)
-                _set_optimizer(method, stage.get("optimizer", {}), stage_type)
+            linear = out
+        run.timings[f"stage{si}_{stage.type}"] = time.perf_counter() - t
+        run.tracker.update(f"stage{si}", 1.0, stage=stage.type, stage_index=si, n_stages=len(run.opt.stages),
+                           message=f"{stage.type} done")
+    return linear if bspline is None else sitk.CompositeTransform([_copy_transform(linear), bspline])
 
-                def make_preview(pos, level_tx=level_tx, linear=linear):
-                    b = sitk.BSplineTransform(level_tx)
-                    b.SetParameters(pos)
-                    return sitk.CompositeTransform([_copy_transform(linear), b])
 
-                run(method, f_l, m_l, make_preview, lambda _m, level=level: level)
-            bspline_tx = [level_tx]
-        timings[f"stage{si}_{stage_type}"] = time.perf_counter() - t
-        tracker.update(f"stage{si}", 1.0, stage=stage_type, stage_index=si, n_stages=len(stages),
-                       message=f"{stage_type} done")
+def _one_stage(run: _Run, result: RegistrationResult, stage: _Stage, linear: sitk.Transform) -> sitk.Transform:
+    """One stage from ``linear`` (fixed -> moving): a linear stage returns its transform (fixed -> moving), a
+    B-spline stage its B-spline ``B`` (fixed -> intermediate; the stage's transform is ``linear(B(x))``)."""
+    if stage.config["metric"]["name"] == "mind_ssc":
+        # MIND-SSC (``mind``): its own descriptors, off-grid samples and optimiser, on the input images (the
+        # ultrasound's zero background is its field of view, which preprocessing would blur).
+        return _mind_stage(run, result, stage, linear)
+    if stage.type in ("rigid", "affine"):
+        return _linear_stage(run, result, stage, linear)
+    shrink, _ = _levels(stage.config)
+    scale_factors = [int(v) for v in stage.config.get("mesh_scale_factors", [1] * len(shrink))]
+    mesh = _bspline_mesh(run.fixed_p, float(stage.config["control_point_spacing_mm"]), scale_factors[-1])
+    if _is_stochastic(stage.config):
+        return _stochastic_bspline_stage(run, result, stage, linear, mesh)
+    return _itk_bspline_stage(run, result, stage, linear, mesh)
 
-    final = linear if bspline_tx is None else sitk.CompositeTransform([_copy_transform(linear), *bspline_tx])
-    result.transform_fixed_to_moving_lps = final
 
-    # ---------------------------------------------------------------- post-run sanity checks
+def _itk_method(run: _Run, stage: _Stage, fraction: float, level: int) -> sitk.ImageRegistrationMethod:
+    """A SimpleITK registration method with the stage's metric sampling ``fraction`` of the level's voxels."""
+    cfg = stage.config
+    return metric_method(cfg["metric"], strategy=cfg.get("sampling", {}).get("strategy", "random"),
+                         fractions_per_level=[fraction], seed=run.opt.seed + stage.index * 16 + level,
+                         fixed_mask=run.opt.fixed_mask, moving_mask=run.opt.moving_mask)
+
+
+def _linear_stage(run: _Run, result: RegistrationResult, stage: _Stage, linear: sitk.Transform) -> sitk.Transform:
+    """A rigid or affine stage started from ``linear``; returns its transform (fixed -> moving, LPS).
+
+    Our own pyramid of block-averaged (BinShrink) and smoothed copies, one optimisation per level. ITK's built-in
+    pyramid smooths the full-size images at every level, which was a third of the run time on a 1 mm head; the
+    result is the same kind of coarse-to-fine optimisation."""
+    _, sigmas = _levels(stage.config)
+    stage_tx = _linear_transform_for(stage.type, run.opt.dim, linear)
+    pcts = _sampling_percentages(run.fixed_p, stage.config)
+
+    def make_preview(pos):
+        tx = _copy_transform(stage_tx)
+        tx.SetParameters(pos)
+        return tx
+
+    factors = _level_factors(run.fixed_p, stage.config)
+    for level, (factor, sigma) in enumerate(zip(factors, sigmas)):
+        if run.opt.cancelled():
+            raise RegistrationCancelled()
+        f_l = _pyramid_level(run.pyramid_cache, "fixed", run.fixed_p, factor, sigma, reference_spacing=run.fixed_p)
+        m_l = _pyramid_level(run.pyramid_cache, "moving", run.moving_p, factor, sigma, reference_spacing=run.fixed_p)
+        n_level = float(np.prod(f_l.GetSize()))
+        n_wanted = pcts[level] * np.prod(run.fixed_p.GetSize()) / factor ** run.opt.dim
+        _check_level_samples(stage.type, stage.index, level, f_l, min(n_wanted, n_level))
+        method = _itk_method(run, stage, min(1.0, n_wanted / n_level), level)
+        method.SetInitialTransform(stage_tx, inPlace=True)
+        _set_optimizer(method, stage.config.get("optimizer", {}), stage.type)
+        _execute(run, result, stage, method, (f_l, m_l), make_preview, level)
+    return stage_tx
+
+
+def _itk_bspline_stage(run: _Run, result: RegistrationResult, stage: _Stage, linear: sitk.Transform,
+                       mesh: list[int]) -> sitk.BSplineTransform:
+    """A B-spline stage optimised by SimpleITK (L-BFGS-B); returns the B-spline ``B`` (fixed -> intermediate,
+    LPS), the stage's transform being ``linear(B(x))``, fixed -> moving.
+
+    Coarse to fine: each level's control grid is the previous one refined (its coefficients fitted to interpolate
+    the previous level's displacement exactly at the new control points), then optimised on that level's pyramid
+    images with L-BFGS-B. ITK's built-in mesh refinement cannot be used with L-BFGS-B (its scales keep the first
+    level's size), and L-BFGS-B is the optimiser that moves thousands of control points sensibly (a normalised
+    gradient step gives each only ~1/sqrt(n) of the step)."""
+    shrink, _ = _levels(stage.config)
+    pcts = _sampling_percentages(run.fixed_p, stage.config)
+    level_tx = None
+    for level, f_l, m_l, level_tx in _bspline_levels(stage.config, run.fixed_p, run.moving_p, mesh,
+                                                     run.pyramid_cache, run.opt.cancelled):
+        n_wanted = pcts[level] * np.prod(run.fixed_p.GetSize()) / float(shrink[level]) ** run.opt.dim
+        _check_level_samples(stage.type, stage.index, level, f_l, min(n_wanted, float(np.prod(f_l.GetSize()))))
+        method = _itk_method(run, stage, min(1.0, n_wanted / float(np.prod(f_l.GetSize()))), level)
+        method.SetMovingInitialTransform(_copy_transform(linear))
+        method.SetInitialTransform(level_tx, inPlace=True)
+        _set_optimizer(method, stage.config.get("optimizer", {}), stage.type)
+
+        def make_preview(pos, level_tx=level_tx):
+            b = sitk.BSplineTransform(level_tx)
+            b.SetParameters(pos)
+            return sitk.CompositeTransform([_copy_transform(linear), b])
+
+        _execute(run, result, stage, method, (f_l, m_l), make_preview, level)
+    return level_tx
+
+
+def _execute(run: _Run, result: RegistrationResult, stage: _Stage, method: sitk.ImageRegistrationMethod, images,
+             make_preview, level: int) -> None:
+    """One level of a SimpleITK stage on ``images`` (fixed, moving): the metric of every iteration into the result
+    and the progress (with a preview transform, fixed -> moving), stopped within an iteration of a cancel.
+
+    Raises ``RegistrationCancelled``, or when ITK fails mid-stage the error :func:`_stage_error` judges from where
+    the optimiser last was (``RegistrationFailed`` when it diverged or moved the images apart, else
+    ``CrossModalRegError``)."""
+    cancelled_here = []
+    last = {}
+    n_levels = len(_levels(stage.config)[0])
+    max_iter = int(stage.config.get("optimizer", {}).get("iterations", 100))
+
+    def on_iteration():
+        it = method.GetOptimizerIteration()
+        value = method.GetMetricValue()
+        position = method.GetOptimizerPosition()  # copied now: the optimiser forgets it after the run
+        last["position"] = position  # where the optimiser was, should ITK fail at the next step
+        result.metric_trace.append(MetricSample(stage.index, stage.type, int(level), int(it), float(value)))
+        within = stage.level_start[level] + stage.level_width[level] * min(1.0, (it + 1) / max(max_iter, 1))
+        run.tracker.update(
+            f"stage{stage.index}", within, stage=stage.type, stage_index=stage.index, n_stages=len(run.opt.stages),
+            level=int(level), n_levels=n_levels, iteration=int(it), metric=float(value),
+            message=f"{stage.type} level {level + 1}/{n_levels}", _transform_factory=lambda: make_preview(position),
+        )
+        if run.opt.cancelled():
+            cancelled_here.append(True)
+            method.StopRegistration()
+
+    method.AddCommand(sitk.sitkIterationEvent, on_iteration)
+    try:
+        with _metric_threads(run.opt.threads):
+            method.Execute(*images)
+    except RuntimeError as exc:
+        if cancelled_here or run.opt.cancelled():
+            raise RegistrationCancelled() from None
+        raise _stage_error(stage.type, exc, last.get("position"), make_preview, *images) from None
+    if cancelled_here or run.opt.cancelled():
+        raise RegistrationCancelled()
+    result.stop_conditions.append(f"{stage.type}: {method.GetOptimizerStopConditionDescription()}")
+
+
+def _check(run: _Run, result: RegistrationResult) -> None:
+    """Post-run sanity checks of the result (fixed -> moving): the first stage's metric at the end against the
+    start, the transform's plausibility and overlap, and the independent (NGF) agreement when the preset asks."""
     t = time.perf_counter()
-    with _metric_threads(threads):
-        result.final_metric = _first_stage_metric(fixed, moving, fixed_eval, moving_eval, final, stages[0]["metric"],
-                                                  fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed)
-    result.sanity = sanity.check_result(fixed_p, moving_p, final, initial_metric=result.initial_metric,
-                                        final_metric=result.final_metric, fixed_mask=overlap_region)
-    checks_cfg = preset_dict.get("checks", {})
+    final = result.transform_fixed_to_moving_lps
+    with _metric_threads(run.opt.threads):
+        result.final_metric = _first_stage_metric(run, final)
+    result.sanity = sanity.check_result(run.fixed_p, run.moving_p, final, initial_metric=result.initial_metric,
+                                        final_metric=result.final_metric, fixed_mask=run.overlap_region)
+    checks_cfg = run.opt.preset.get("checks", {})
     if checks_cfg.get("independent_agreement", True):
-        identity = sitk.Transform(dim, sitk.sitkIdentity)  # the headers' own alignment
+        identity = sitk.Transform(run.opt.dim, sitk.sitkIdentity)  # the headers' own alignment
+        starts = {"headers": identity, "initialisation": run.initialised_fixed_to_moving,
+                  "search": run.searched_fixed_to_moving}
         min_ratio = float(checks_cfg.get("independent_agreement_min_ratio", sanity.INDEPENDENT_MIN_RATIO))
-        with _metric_threads(threads):
+        with _metric_threads(run.opt.threads):
             result.sanity.checks.append(sanity.check_independent_agreement(
-                fixed_p, moving_p, final, {"headers": identity, "initialisation": initialised,
-                                           "search": initial_transform}, fixed_mask=fixed_mask, seed=seed,
+                run.fixed_p, run.moving_p, final, starts, fixed_mask=run.opt.fixed_mask, seed=run.opt.seed,
                 min_ratio=min_ratio))
-    timings["sanity"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_start
-    result.timings_s = {k: round(v, 4) for k, v in timings.items()}
+    run.timings["sanity"] = time.perf_counter() - t
+
+
+def _finish(run: _Run, result: RegistrationResult, *, strict: bool) -> RegistrationResult:
+    """Timings into the result; ``RegistrationFailed`` (carrying the result) when strict and a check failed."""
+    run.timings["total"] = time.perf_counter() - run.t_start
+    result.timings_s = {k: round(v, 4) for k, v in run.timings.items()}
     if strict and not result.sanity.passed:
         raise RegistrationFailed(
             "the result failed the post-run checks: " + "; ".join(result.sanity.failures()), result.sanity.failures(),
             result,
         )
-    tracker.finish("done")
+    run.tracker.finish("done")
     return result
 
 
-def _first_stage_metric(fixed, moving, fixed_eval, moving_eval, transform, metric, *, fixed_mask, moving_mask, seed):
+def _first_stage_metric(run: _Run, transform: sitk.Transform) -> float:
     """The first stage's metric (lower is better) at ``transform`` (fixed -> moving): SimpleITK's on the smoothed
     evaluation copies, or MIND-SSC on the input images (``mind.evaluate``: off-grid samples, field-of-view mask)."""
+    o = run.opt
+    metric = o.stages[0]["metric"]
     if metric["name"] == "mind_ssc":
         from . import mind
 
-        return mind.evaluate(fixed, moving, transform, metric, seed=seed, fixed_mask=fixed_mask,
-                             moving_mask=moving_mask)
-    return sanity.evaluate_metric(fixed_eval, moving_eval, transform, metric, fixed_mask=fixed_mask,
-                                  moving_mask=moving_mask, seed=seed)
+        return mind.evaluate(o.fixed, o.moving, transform, metric, seed=o.seed, fixed_mask=o.fixed_mask,
+                             moving_mask=o.moving_mask)
+    return sanity.evaluate_metric(run.fixed_eval, run.moving_eval, transform, metric, fixed_mask=o.fixed_mask,
+                                  moving_mask=o.moving_mask, seed=o.seed)
 
 
-def _mind_stage(stage, si, fixed, moving, linear, *, seed, fixed_mask, moving_mask, cancelled, result, tracker,
-                n_stages, level_start, level_width, fixed_p, moving_p, pyramid_cache):
-    """A stage on MIND-SSC, on the input images (``fixed``, ``moving``). Rigid: ``mind.register_rigid``, returns
-    its Euler3DTransform. B-spline (asgd): the levels of ``_bspline_levels`` optimised by
+def _mind_stage(run: _Run, result: RegistrationResult, stage: _Stage, linear: sitk.Transform) -> sitk.Transform:
+    """A stage on MIND-SSC, on the input images (``run.opt.fixed``, ``run.opt.moving``). Rigid: ``mind.register_rigid``,
+    returns its Euler3DTransform. B-spline (asgd): the levels of ``_bspline_levels`` optimised by
     ``stochastic_bspline.optimise_level`` on ``mind.MindBSplineLevel``; returns the B-spline B (fixed ->
     intermediate, the stage's transform being ``linear(B(x))``). Both fixed -> moving, LPS."""
     from . import mind
     from . import stochastic_bspline as sb
 
-    bspline = stage["type"] == "bspline"
-    levels = len(stage.get("shrink_factors" if bspline else "level_spacing_mm", [1.0]))
-    opt = stage.get("optimizer", {})
-    iterations = int(opt.get("iterations", 30))
+    o, cfg, si = run.opt, stage.config, stage.index
+    bspline = cfg["type"] == "bspline"
+    levels = len(cfg.get("shrink_factors" if bspline else "level_spacing_mm", [1.0]))
+    iterations = int(cfg.get("optimizer", {}).get("iterations", 30))
 
     def on_iteration(level, it, value):
-        result.metric_trace.append(MetricSample(si, stage["type"], int(level), int(it), float(value)))
-        tracker.update(f"stage{si}", level_start[level] + level_width[level] * min(1.0, (it + 1) / iterations),
-                       stage=stage["type"], stage_index=si, n_stages=n_stages, level=int(level), n_levels=levels,
-                       iteration=int(it), metric=float(value),
-                       message=f"{stage['type']} (MIND-SSC) level {level + 1}/{levels}")
+        result.metric_trace.append(MetricSample(si, cfg["type"], int(level), int(it), float(value)))
+        run.tracker.update(f"stage{si}", stage.level_start[level] + stage.level_width[level] * min(
+            1.0, (it + 1) / iterations), stage=cfg["type"], stage_index=si, n_stages=len(o.stages),
+            level=int(level), n_levels=levels, iteration=int(it), metric=float(value),
+            message=f"{cfg['type']} (MIND-SSC) level {level + 1}/{levels}")
 
     try:
-        f_mask, m_mask = mind.fov_masks(fixed, moving, stage["metric"], fixed_mask, moving_mask)
+        f_mask, m_mask = mind.fov_masks(o.fixed, o.moving, cfg["metric"], o.fixed_mask, o.moving_mask)
         if not bspline:
-            tx, stops = mind.register_rigid(fixed, moving, linear, stage, seed=seed + si * 16, fixed_mask=f_mask,
-                                            moving_mask=m_mask, on_iteration=on_iteration, cancelled=cancelled)
+            tx, stops = mind.register_rigid(o.fixed, o.moving, linear, cfg, seed=o.seed + si * 16,
+                                            fixed_mask=f_mask, moving_mask=m_mask, on_iteration=on_iteration,
+                                            cancelled=o.cancelled)
         else:
-            shrink, sigmas = _levels(stage)
-            scale_factors = [int(v) for v in stage.get("mesh_scale_factors", [1] * len(shrink))]
-            mesh = _bspline_mesh(fixed_p, float(stage["control_point_spacing_mm"]), scale_factors[-1])
-            steps = _per_level(opt.get("max_step_mm", 1.0), len(shrink))
-            n_samples = [int(v) for v in _per_level(stage["sampling"]["samples_per_iteration"], len(shrink))]
-            cfg = mind.MindConfig.from_metric(stage["metric"])
-            stops, tx = [], None
-            for level, _f, _m, tx in _bspline_levels(stage, fixed_p, moving_p, mesh, pyramid_cache, cancelled):
-                f_l, m_l = mind.level_images(fixed, moving, shrink[level] * min(fixed.GetSpacing()), sigmas[level])
-                lv = mind.MindBSplineLevel(mind.MindLevel(f_l, m_l, cfg, fixed_mask=f_mask, moving_mask=m_mask),
-                                           linear, tx, rng=np.random.default_rng(seed + si * 16 + level))
-                stop = sb.optimise_level(
-                    lv, iterations=iterations, samples=n_samples[level], max_step_mm=steps[level],
-                    a_offset=float(opt.get("A", 20.0)), alpha=float(opt.get("alpha", 0.602)),
-                    bending_weight=float(stage.get("regularization", {}).get("bending_energy_weight", 0.0)),
-                    average_last=float(opt.get("average_last", 0.0)),
-                    on_iteration=lambda it, v, _c, level=level: on_iteration(level, it, v), cancelled=cancelled)
-                stops.append(f"mind_ssc bspline level {level + 1}: {stop}")
+            tx, stops = _mind_bspline_levels(run, stage, linear, f_mask, m_mask, on_iteration)
     except sb.ImagesApart as exc:
         raise RegistrationFailed(f"the MIND-SSC bspline optimiser moved the images apart ({exc})", [str(exc)],
                                  None) from None
     except ValueError as exc:
-        raise CrossModalRegError(f"the MIND-SSC {stage['type']} stage could not run: {exc}") from None
-    if cancelled():
+        raise CrossModalRegError(f"the MIND-SSC {cfg['type']} stage could not run: {exc}") from None
+    if o.cancelled():
         raise RegistrationCancelled()
     result.stop_conditions.extend(stops)
     return tx
 
 
-def _stochastic_bspline_stage(stage, si, fixed_p, moving_p, linear, mesh, pyramid_cache, *, seed, fixed_mask,
-                              moving_mask, cancelled, result, tracker, n_stages, level_start, level_width,
-                              threads=1):
+def _mind_bspline_levels(run: _Run, stage: _Stage, linear, f_mask, m_mask, on_iteration):
+    """The levels of a MIND-SSC B-spline stage (see ``_mind_stage``); returns (B-spline, stop conditions)."""
+    from . import mind
+    from . import stochastic_bspline as sb
+
+    o, cfg, si = run.opt, stage.config, stage.index
+    opt = cfg.get("optimizer", {})
+    iterations = int(opt.get("iterations", 30))
+    shrink, sigmas = _levels(cfg)
+    scale_factors = [int(v) for v in cfg.get("mesh_scale_factors", [1] * len(shrink))]
+    mesh = _bspline_mesh(run.fixed_p, float(cfg["control_point_spacing_mm"]), scale_factors[-1])
+    steps = _per_level(opt.get("max_step_mm", 1.0), len(shrink))
+    n_samples = [int(v) for v in _per_level(cfg["sampling"]["samples_per_iteration"], len(shrink))]
+    mind_cfg = mind.MindConfig.from_metric(cfg["metric"])
+    stops, tx = [], None
+    for level, _f, _m, tx in _bspline_levels(cfg, run.fixed_p, run.moving_p, mesh, run.pyramid_cache,
+                                             o.cancelled):
+        f_l, m_l = mind.level_images(o.fixed, o.moving, shrink[level] * min(o.fixed.GetSpacing()),
+                                     sigmas[level])
+        lv = mind.MindBSplineLevel(mind.MindLevel(f_l, m_l, mind_cfg, fixed_mask=f_mask, moving_mask=m_mask),
+                                   linear, tx, rng=np.random.default_rng(o.seed + si * 16 + level))
+        stop = sb.optimise_level(
+            lv, iterations=iterations, samples=n_samples[level], max_step_mm=steps[level],
+            a_offset=float(opt.get("A", 20.0)), alpha=float(opt.get("alpha", 0.602)),
+            bending_weight=float(cfg.get("regularization", {}).get("bending_energy_weight", 0.0)),
+            average_last=float(opt.get("average_last", 0.0)),
+            on_iteration=lambda it, v, _c, level=level: on_iteration(level, it, v), cancelled=o.cancelled)
+        stops.append(f"mind_ssc bspline level {level + 1}: {stop}")
+    return tx, stops
+
+
+def _stochastic_bspline_stage(run: _Run, result: RegistrationResult, stage: _Stage, linear: sitk.Transform,
+                              mesh: list[int]) -> sitk.BSplineTransform:
     """The B-spline stage with new random samples every iteration (``optimizer.name == "asgd"``): coarse to fine,
     each level's grid the previous one refined exactly, optimised by ``stochastic_bspline.optimise_level``.
 
     Returns the B-spline (fixed -> intermediate, LPS); the stage's transform is ``linear(B(x))``, fixed -> moving.
     Samples are drawn over the whole fixed image, or inside the fixed mask when one is given (a mask drawn inside
-    the organ's boundary hides the edges mutual information needs: see the README). ``threads`` share each
+    the organ's boundary hides the edges mutual information needs: see the README). ``run.opt.threads`` share each
     iteration's samples (None: every core); the result does not depend on their number."""
     import os
 
     from . import stochastic_bspline as sb
 
-    shrink, _ = _levels(stage)
-    opt = stage.get("optimizer", {})
+    o, cfg, si = run.opt, stage.config, stage.index
+    shrink, _ = _levels(cfg)
+    opt = cfg.get("optimizer", {})
     iterations = int(opt.get("iterations", 256))
     steps = _per_level(opt.get("max_step_mm", 1.0), len(shrink))
-    n_samples = [int(v) for v in _per_level(stage["sampling"]["samples_per_iteration"], len(shrink))]
-    bending = float(stage.get("regularization", {}).get("bending_energy_weight", 0.0))
+    n_samples = [int(v) for v in _per_level(cfg["sampling"]["samples_per_iteration"], len(shrink))]
+    bending = float(cfg.get("regularization", {}).get("bending_energy_weight", 0.0))
     level_tx = None
-    for level, f_l, m_l, level_tx in _bspline_levels(stage, fixed_p, moving_p, mesh, pyramid_cache, cancelled):
-        sample_mask = None
-        if fixed_mask is not None:
-            on_level = sitk.Resample(fixed_mask, f_l, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-            sample_mask = sitk.GetArrayViewFromImage(on_level) > 0
+    for level, f_l, m_l, level_tx in _bspline_levels(cfg, run.fixed_p, run.moving_p, mesh, run.pyramid_cache,
+                                                     o.cancelled):
         try:
             opt_level = sb.StochasticBSplineLevel(
-                sb.LevelImages(f_l, m_l, sample_mask), linear, level_tx, bins=int(stage["metric"].get("bins", 32)),
-                moving_mask=moving_mask, rng=np.random.default_rng(seed + si * 16 + level))
+                sb.LevelImages(f_l, m_l, _sample_mask(o.fixed_mask, f_l)), linear, level_tx,
+                bins=int(cfg["metric"].get("bins", 32)), moving_mask=o.moving_mask,
+                rng=np.random.default_rng(o.seed + si * 16 + level))
         except ValueError as exc:
             raise CrossModalRegError(f"bspline stage could not run: {exc}") from None
-
-        def on_iteration(it, value, coef, level=level, level_tx=level_tx):
-            result.metric_trace.append(MetricSample(si, "bspline", level, int(it), float(value)))
-            snapshot = coef.copy()
-
-            def preview():
-                b = sitk.BSplineTransform(level_tx)
-                sb.set_coefficients(b, snapshot)
-                return sitk.CompositeTransform([_copy_transform(linear), b])
-
-            tracker.update(f"stage{si}", level_start[level] + level_width[level] * (it + 1) / iterations,
-                           stage="bspline", stage_index=si, n_stages=n_stages, level=level, n_levels=len(shrink),
-                           iteration=int(it), metric=float(value), message=f"bspline level {level + 1}/{len(shrink)}",
-                           _transform_factory=preview)
-
         try:
             stop = sb.optimise_level(
                 opt_level, iterations=iterations, samples=n_samples[level], max_step_mm=steps[level],
                 a_offset=float(opt.get("A", 20.0)), alpha=float(opt.get("alpha", 0.602)), bending_weight=bending,
-                average_last=float(opt.get("average_last", 0.0)), on_iteration=on_iteration, cancelled=cancelled,
-                threads=threads if threads else os.cpu_count())
+                average_last=float(opt.get("average_last", 0.0)),
+                on_iteration=_asgd_reporter(run, result, stage, linear, level, level_tx, iterations),
+                cancelled=o.cancelled, threads=o.threads if o.threads else os.cpu_count())
         except sb.ImagesApart as exc:
             raise RegistrationFailed(f"the bspline optimiser moved the images apart ({exc}); try a smaller "
                                      "max_step_mm, a fixed mask or landmarks", [str(exc)], None) from None
-        if stop == "cancelled" or cancelled():
+        if stop == "cancelled" or o.cancelled():
             raise RegistrationCancelled()
         result.stop_conditions.append(f"bspline level {level + 1}: {stop}")
     return level_tx
+
+
+def _sample_mask(fixed_mask: sitk.Image | None, level_image: sitk.Image):
+    """The fixed mask on a pyramid level's grid as a boolean array (k, j, i), or None without a mask."""
+    if fixed_mask is None:
+        return None
+    on_level = sitk.Resample(fixed_mask, level_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayViewFromImage(on_level) > 0
+
+
+def _asgd_reporter(run: _Run, result: RegistrationResult, stage: _Stage, linear, level: int, level_tx, iterations):
+    """The per-iteration callback of a stochastic B-spline level: the metric into the result and the progress,
+    with a preview ``linear(B(x))`` (fixed -> moving) built from a snapshot of the coefficients."""
+    from . import stochastic_bspline as sb
+
+    n_levels = len(_levels(stage.config)[0])
+
+    def on_iteration(it, value, coef):
+        result.metric_trace.append(MetricSample(stage.index, "bspline", level, int(it), float(value)))
+        snapshot = coef.copy()
+
+        def preview():
+            b = sitk.BSplineTransform(level_tx)
+            sb.set_coefficients(b, snapshot)
+            return sitk.CompositeTransform([_copy_transform(linear), b])
+
+        run.tracker.update(f"stage{stage.index}", stage.level_start[level] + stage.level_width[level] * (it + 1)
+                           / iterations, stage="bspline", stage_index=stage.index, n_stages=len(run.opt.stages),
+                           level=level, n_levels=n_levels, iteration=int(it), metric=float(value),
+                           message=f"bspline level {level + 1}/{n_levels}", _transform_factory=preview)
+
+    return on_iteration
 
 
 def _bspline_levels(stage, fixed_p, moving_p, mesh, pyramid_cache, cancelled):

@@ -67,24 +67,6 @@ def evaluate_metric(fixed, moving, transform, metric: dict, *, fixed_mask=None, 
         return float("nan")
 
 
-def jacobian_determinant_stats(transform, reference, max_size: int = 64) -> dict:
-    """Min and folding fraction of det(J) of ``transform`` over a coarse copy of ``reference``'s grid."""
-    dim = reference.GetDimension()
-    size = np.array(reference.GetSize())
-    factor = np.maximum(1.0, size / max_size)
-    new_size = np.maximum(4, np.round(size / factor)).astype(int)
-    new_spacing = np.array(reference.GetSpacing()) * size / new_size
-    ref = sitk.Image([int(v) for v in new_size], sitk.sitkFloat32)
-    ref.SetSpacing(tuple(float(v) for v in new_spacing))
-    ref.SetOrigin(reference.GetOrigin())
-    ref.SetDirection(reference.GetDirection())
-    field_img = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, ref.GetSize(), ref.GetOrigin(),
-                                                  ref.GetSpacing(), ref.GetDirection())
-    jac = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field_img))
-    del dim
-    return {"min": float(jac.min()), "max": float(jac.max()), "fraction_folding": float(np.mean(jac <= 0))}
-
-
 def check_result(fixed, moving, transform, *, initial_metric, final_metric, fixed_mask=None) -> SanityReport:
     """Checks: metric improved, linear part non-degenerate, no folding, images still overlap."""
     from .initialization import overlap_fraction
@@ -111,16 +93,25 @@ def check_result(fixed, moving, transform, *, initial_metric, final_metric, fixe
     report.checks.append(Check("linear_part_plausible", bool(ok), det, "det > 0, scales in (0.2, 5)",
                                "ok" if ok else f"degenerate transform: det {det:.3g}, scales {np.round(sv, 3).tolist()}"))
     if not transform.IsLinear():
-        stats = jacobian_determinant_stats(transform, fixed)
-        ok = stats["min"] > 0
-        report.checks.append(Check("no_folding", bool(ok), stats["fraction_folding"], "det(J) > 0 everywhere",
-                                   "ok" if ok else f"the deformation folds: {100 * stats['fraction_folding']:.2f}% of "
-                                   f"the grid has det(J) <= 0 (min {stats['min']:.3g})"))
+        report.checks.append(_folding_check(transform, fixed))
     frac = overlap_fraction(fixed, moving, transform, fixed_mask=fixed_mask, max_points=4000)
     ok = frac >= 0.05
     report.checks.append(Check("overlap", bool(ok), frac, ">= 0.05",
                                "ok" if ok else f"only {100 * frac:.1f}% of the fixed foreground maps inside the moving image"))
     return report
+
+
+def _folding_check(transform, fixed) -> Check:
+    """det(J) > 0 of a non-linear ``transform`` (fixed -> moving, LPS) over a coarse copy of the fixed grid (at
+    most 64 voxels per axis), with the Jacobian of ``validation.jacobian`` (the one ``validate`` reports)."""
+    from .validation.jacobian import coarse_grid, jacobian_determinant_image, jacobian_statistics
+
+    stats = jacobian_statistics(jacobian_determinant_image(transform, coarse_grid(fixed)))
+    ok = stats.min is not None and stats.min > 0
+    folding = stats.fraction_folding if stats.fraction_folding is not None else float("nan")
+    return Check("no_folding", bool(ok), folding, "det(J) > 0 everywhere",
+                 "ok" if ok else f"the deformation folds: {100 * folding:.2f}% of the grid has det(J) <= 0 "
+                 f"(min {stats.min if stats.min is not None else float('nan'):.3g})")
 
 
 def _numeric_jacobian(transform, p, dim, h=0.5):

@@ -242,15 +242,9 @@ def _validate(case, fixed, moving, result, landmarks, options: CaseOptions, stag
         kw["fixed_labels"] = _as_3d(read_image(case.fixed_labels, "fixed labels"))
         kw["moving_labels"] = _as_3d(read_image(case.moving_labels, "moving labels"))
     profile = load_profile(options.profile) if options.profile else None
-    if nonlinear and fixed.GetDimension() == 2:
-        # validation's Jacobian map is 3D-only: the engine's own 2D statistics (same determinant, coarse grid)
-        from ..sanity import jacobian_determinant_stats
-
-        js = jacobian_determinant_stats(tx, fixed)
-        record.update(jacobian_min=_finite(js["min"]), jacobian_max=_finite(js["max"]),
-                      jacobian_fraction_folding=_finite(js["fraction_folding"]))
+    # A 2D case is a one-slice volume here; its Jacobian map is the 2D one (validation.jacobian handles one slice).
     report = validate(_embed_3d(tx), fixed=_as_3d(fixed), moving=_as_3d(moving), profile=profile,
-                      jacobian="auto" if nonlinear and fixed.GetDimension() == 3 else "never",
+                      jacobian="auto" if nonlinear else "never",
                       input_checksums={k: sha256_of_file(v) for k, v in case.files().items()}, **kw)
     vdir = os.path.join(staging, "validation")
     os.makedirs(vdir, exist_ok=True)

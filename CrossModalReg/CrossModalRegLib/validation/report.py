@@ -19,7 +19,13 @@ from ..landmarks.fileio import LandmarkSet
 from ..provenance import now_iso, sha256_of_image, sha256_of_json, software_versions
 from ..tables import Column
 from . import measures as _measures
-from .jacobian import DEFAULT_BOUNDS, JacobianStatistics, jacobian_determinant_image, jacobian_statistics
+from .jacobian import (
+    DEFAULT_BOUNDS,
+    JacobianStatistics,
+    jacobian_determinant_image,
+    jacobian_statistics,
+    linear_jacobian_statistics,
+)
 from .overlap import LabelComparison, compare_label_maps
 from .profiles import CriterionResult, Profile, evaluate_profile, verdict
 from .similarity import NMIResult, nmi_before_after
@@ -322,12 +328,7 @@ def validate(
         reasons.update({k: "Jacobian not requested" for k in jac_keys})
     elif linear and jacobian == "auto":
         say("Jacobian of a linear transform")
-        a = np.array([tx.TransformPoint(tuple(e)) for e in np.eye(3)]) - np.array(tx.TransformPoint((0.0, 0.0, 0.0)))
-        det = float(np.linalg.det(a.T))
-        low, high = jacobian_bounds
-        report.jacobian = JacobianStatistics(0, det, det, det, float(det <= 0), float(det < low or det > high),
-                                             0.0 if det > 0 else None, tuple(jacobian_bounds), "everywhere",
-                                             ["linear transform: the Jacobian determinant is the same everywhere"])
+        report.jacobian = linear_jacobian_statistics(tx, bounds=tuple(jacobian_bounds))
     elif fixed is None and fixed_labels is None:
         reasons.update({k: "no fixed image or label map to give the grid" for k in jac_keys})
     else:
