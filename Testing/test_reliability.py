@@ -211,6 +211,30 @@ def test_unwritable_parent_and_full_disk_are_one_line_and_leave_nothing(files, c
     assert not (files / "full").exists() and not [n for n in os.listdir(files) if n.startswith(".full")]
 
 
+def test_a_really_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """A real 2 MB file system (tmpfs) that the resampled image does not fit in: ITK's writer fails (a RuntimeError,
+    not an OSError) and the run still ends in one line, exit 2, nothing left on the device."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN); the simulated full disk above "
+                    "covers the message")
+    try:
+        noise = np.random.default_rng(0).normal(100, 20, (96, 96, 96)).astype(np.float32)
+        sitk.WriteImage(sitk.GetImageFromArray(noise), str(tmp_path / "f.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(np.roll(noise, 2, axis=2)), str(tmp_path / "m.nii.gz"))
+        p = subprocess.run([sys.executable, "-m", "CrossModalRegLib.cli", "register", "--fixed",
+                            str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"), "--keep-failed",
+                            *CHEAP, "--output-dir", str(mnt / "out")], env=ENV, capture_output=True, text=True)
+        lines = [ln for ln in p.stderr.splitlines() if ln.startswith("crossmodalreg")]
+        assert p.returncode == 2 and len(lines) == 1 and "no space left" in lines[0], p.stderr
+        assert "Traceback" not in p.stderr
+        assert os.listdir(mnt) == []  # no output, no staging, no lock
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
 # ---------------------------------------------------------------------------------------------- 2. signals
 SLOW_AFFINE = ["--preset", "multimodal-affine", "--no-rotation-search", "--no-orientation-search",
                "--set", "stages.1.optimizer.iterations=5000", "--set", "stages.1.optimizer.min_step=1e-9",
