@@ -7,6 +7,7 @@ TRE map can be cancelled (also by closing the scene); the landmark error table j
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import shutil
 
@@ -300,7 +301,7 @@ def test_setup_enter_exit_print_nothing(module_widget, slicer_gui, capfd, slot_e
     assert {"fixedVolume", "movingVolume", "outputTransform", "expectedTreVolume", "annotator"} <= set(guis)
 
 
-def test_screenshot_of_the_panel(lm, slot_errors):
+def test_screenshot_of_the_panel(lm, slot_errors, tmp_path):
     root = pathlib.Path(__file__).resolve().parents[1]
     m = lm["m"]
     _two_annotators_then_register(m, lm)
@@ -310,7 +311,9 @@ def test_screenshot_of_the_panel(lm, slot_errors):
     for i in range(2):
         node.SetNthControlPointPositionWorld(node.GetControlPointPlacementStartIndex(), *(F3 * lm["truth_f"][i]))
     assert "fixed: next 'L3' anatomical point 3" in m.ui.nextLandmarkLabel.text
-    out = root / "docs" / "screenshots"
+    # docs/screenshots is refreshed on request only (CROSSMODALREG_UPDATE_SCREENSHOTS=1): a test run leaves the
+    # checkout unchanged
+    out = root / "docs" / "screenshots" if os.environ.get("CROSSMODALREG_UPDATE_SCREENSHOTS") else tmp_path
     out.mkdir(parents=True, exist_ok=True)
     from slicer_gui import screenshots
 

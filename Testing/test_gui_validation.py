@@ -5,6 +5,7 @@ Apply turns into Cancel, and Cancel or closing the scene mid-run writes nothing.
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
@@ -170,13 +171,15 @@ def test_setup_enter_exit_print_nothing(module_widget, slicer_gui, capfd, slot_e
     assert not slot_errors
 
 
-def test_screenshot_of_the_panel(case, slot_errors):
+def test_screenshot_of_the_panel(case, slot_errors, tmp_path):
     root = pathlib.Path(__file__).resolve().parents[1]
     m = case["m"]
     _select_inputs(case)
     m.ui.applyButton.click()
     m.ui.outputsCollapsibleButton.collapsed = False  # show the output nodes the run filled
-    out = root / "docs" / "screenshots"
+    # docs/screenshots is refreshed on request only (CROSSMODALREG_UPDATE_SCREENSHOTS=1): a test run leaves the
+    # checkout unchanged
+    out = root / "docs" / "screenshots" if os.environ.get("CROSSMODALREG_UPDATE_SCREENSHOTS") else tmp_path
     out.mkdir(parents=True, exist_ok=True)
     from slicer_gui import screenshots
 
