@@ -16,3 +16,11 @@ def test_crossmodalreg_selftest_passes_on_the_harness(slicer_gui, module_widget)
     test = m.module.CrossModalRegTest()
     test.messageDelay = 0
     test.runTest()  # unittest assertions raise on failure
+
+
+@pytest.mark.parametrize("name", ["CrossModalRegLandmarks", "CrossModalRegValidation"])
+def test_landmarks_and_validation_selftests_pass_on_the_harness(slicer_gui, module_widget, name):
+    m = module_widget(name, setup=False)
+    test = getattr(m.module, f"{name}Test")()
+    test.messageDelay = 0
+    test.runTest()
