@@ -249,3 +249,17 @@ def test_report_opens_in_headless_chromium_every_image_decodes_and_nothing_refer
     assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(shot)))
     assert arr.shape[:2] == (2000, 1400) and arr.std() > 20  # a rendered page, not a blank one
+
+
+def test_landmarks_far_from_the_slice_are_drawn_dim_and_those_on_it_bright():
+    from CrossModalRegLib.qc_pictures import ERROR_RGB, FIXED_LM_RGB, NEAR_SLICE_MM, ViewGeometry, draw_landmarks
+
+    geom = ViewGeometry(name="Axial", width=100, height=100, fov_mm=100.0, center_ras=np.zeros(3), tile_px=10,
+                        xy_to_ras=np.eye(4))  # pixel (x, y) is RAS (x, y, 0); the slice normal is z
+    rgb = np.zeros((100, 100, 3), np.uint8)
+    fixed = np.array([[20.0, 20.0, 0.0], [70.0, 70.0, 3 * NEAR_SLICE_MM]])  # on the slice, and 30 mm off it
+    draw_landmarks(rgb, geom, fixed, fixed + [10.0, 0.0, 0.0])
+    near_dot, far_dot = rgb[100 - 1 - 20, 20], rgb[100 - 1 - 70, 70]
+    assert tuple(near_dot) == FIXED_LM_RGB
+    assert 0 < far_dot.max() < 0.5 * max(FIXED_LM_RGB)  # dimmed, still there
+    assert tuple(rgb[100 - 1 - 20, 25]) == ERROR_RGB and rgb[100 - 1 - 70, 75].max() < 0.5 * max(ERROR_RGB)

@@ -306,16 +306,30 @@ def label_panel(rgb: np.ndarray, geom: ViewGeometry, title: str) -> np.ndarray:
     return np.concatenate([head, out], axis=0)
 
 
+def _dimmed(rgb):
+    return tuple(int(0.45 * v) for v in rgb)
+
+
+NEAR_SLICE_MM = 10.0  # landmarks this close to the slice plane are drawn bright; farther ones dim and thin
+
+
 def draw_landmarks(rgb: np.ndarray, geom: ViewGeometry, fixed_ras, target_ras) -> None:
-    """Fixed landmarks (cyan dots) with their error vectors (yellow) to ``target_ras``, projected onto the view."""
+    """Fixed landmarks (cyan dots) with their error vectors (yellow) to ``target_ras``, projected onto the view.
+
+    Every landmark is drawn (a view may have none in its plane), but those farther than ``NEAR_SLICE_MM`` from the
+    slice are dim and thin, so a reader can tell a point on this slice from one projected from far away."""
     if fixed_ras is None or not len(fixed_ras):
         return
-    pf, _ = project(geom, fixed_ras)
+    pf, dist = project(geom, fixed_ras)
     pt, _ = project(geom, target_ras)
-    for a, b in zip(pf, pt):
-        draw_line(rgb, a, b, ERROR_RGB, width=2)
-    for a in pf:
-        draw_dot(rgb, a, 3.0, FIXED_LM_RGB)
+    near = np.abs(dist) <= NEAR_SLICE_MM
+    for far_pass in (True, False):  # far ones first, so near ones are drawn over them
+        for a, b, is_near in zip(pf, pt, near):
+            if bool(is_near) != far_pass:
+                draw_line(rgb, a, b, ERROR_RGB if is_near else _dimmed(ERROR_RGB), width=2 if is_near else 1)
+        for a, is_near in zip(pf, near):
+            if bool(is_near) != far_pass:
+                draw_dot(rgb, a, 3.0 if is_near else 1.5, FIXED_LM_RGB if is_near else _dimmed(FIXED_LM_RGB))
 
 
 @dataclass
@@ -401,7 +415,8 @@ def render_qc(scene, app_logic, fixed: sitk.Image, fixed_node, moving_node, tran
     tile_mm = geoms[0].tile_px / geoms[0].px_per_mm
     legend = (f"Contour: moving ({moving_name}) in grey (colour images in their own colours), fixed ({fixed_name}) edges in red; black = no moving data. "
               f"Checkerboard: fixed / moving tiles of {tile_mm:.0f} mm, fixed shown where the moving has no data. "
-              + ("Landmarks (projected on each view): cyan dot = fixed, yellow line = error to the moving one. "
+              + ("Landmarks (projected on each view; dim and thin when more than 10 mm from the slice): cyan dot = fixed, yellow "
+                 "line = error to the moving one. "
                  if have_lm else "")
               + f"Views through the {roi.source}, same field of view before and after, "
               f"{geoms[0].px_per_mm:.1f} px/mm; letters = patient directions (R/L, A/P, S/I).")
