@@ -10,57 +10,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from _cases import SHIFT_A, blobs_image, two_object_pair
 
 from CrossModalRegLib import engine, preprocessing, presets, simulation
 
 FAST_2D = {"stages.0.optimizer.iterations": 60}
 
 
-def _blobs(centres, size=96):
-    """A 2D float image (1 mm pixels, origin 0) of Gaussian blobs ``(x, y, sigma)``, values up to ~100."""
-    y, x = np.mgrid[0:size, 0:size].astype(float)
-    arr = sum(np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s)) for cx, cy, s in centres)
-    return sitk.GetImageFromArray((100 * arr).astype(np.float32))
-
-
-LEFT = [(20, 30, 3), (30, 50, 4), (18, 62, 3), (34, 70, 2.5)]  # object A, x < 40
-RIGHT = [(64, 30, 5), (74, 52, 6), (62, 70, 5), (80, 74, 4)]  # object B, x > 55: bigger, so it dominates
-
-
-def _moved(blobs, dx, dy):
-    return [(cx + dx, cy + dy, s) for cx, cy, s in blobs]
-
-
-def _half_mask(size=96, below_x=44):
-    arr = np.zeros((size, size), np.uint8)
-    arr[:, :below_x] = 1
-    return sitk.GetImageFromArray(arr)
-
-
-@pytest.fixture(scope="module")
-def two_objects():
-    """Object A moves by (+4, +3) mm, object B by (-4, -3) mm: no single rigid transform fits both."""
-    fixed = _blobs(LEFT + RIGHT)
-    moving = _blobs(_moved(LEFT, 4, 3) + _moved(RIGHT, -4, -3))
-    return fixed, moving
-
-
 @pytest.mark.parametrize("which", ["fixed_mask", "moving_mask"])
-def test_a_mask_decides_which_object_is_aligned(two_objects, which):
+def test_a_mask_decides_which_object_is_aligned(which):
     """With a mask over object A (the fixed mask in fixed space, the moving mask over A where it is in the moving
     image), the result is A's shift; without one, a compromise pulled towards the bigger object B. Removing
     SetMetricFixedMask / SetMetricMovingMask from metrics.metric_method gives the unmasked answer."""
-    fixed, moving = two_objects
+    fixed, moving, fixed_mask, moving_mask = two_object_pair()
     a_centre = (25.0, 50.0)
     unmasked = engine.register(fixed, moving, rotation_search=False, strict=False, overrides=FAST_2D)
     off = np.linalg.norm(np.array(unmasked.transform_fixed_to_moving_lps.TransformPoint(a_centre))
-                         - np.add(a_centre, (4, 3)))
+                         - np.add(a_centre, SHIFT_A))
     assert off > 2.0, off  # measured 3.6 mm: the unmasked optimum is not object A's shift
-    mask = _half_mask(below_x=44 if which == "fixed_mask" else 48)
+    mask = fixed_mask if which == "fixed_mask" else moving_mask
     masked = engine.register(fixed, moving, rotation_search=False, overrides=FAST_2D, **{which: mask})
     tx = masked.transform_fixed_to_moving_lps
     for p in ((20.0, 30.0), a_centre, (34.0, 70.0)):  # every point of A lands on A (rotation ~0)
-        np.testing.assert_allclose(tx.TransformPoint(p), np.add(p, (4, 3)), atol=0.3)  # measured 0.1 mm
+        np.testing.assert_allclose(tx.TransformPoint(p), np.add(p, SHIFT_A), atol=0.3)  # measured 0.1 mm
 
 
 def _centre_of_mass(img):
@@ -80,8 +52,8 @@ def test_centre_initialisations_match_the_centres_they_name(method):
     """One blob far from each grid's centre, on two grids of different origin and spacing: the moments start maps
     the fixed centre of mass onto the moving one, the geometry start maps grid centre onto grid centre, and the
     two starts differ by 20 mm, so a moments start that centred the grids instead (or the reverse) fails."""
-    fixed = _blobs([(24, 30, 4)], size=80)
-    moving = sitk.Resample(_blobs([(60, 54, 4)], size=100), [90, 90], sitk.Transform(), sitk.sitkLinear,
+    fixed = blobs_image([(24, 30, 4)], size=80)
+    moving = sitk.Resample(blobs_image([(60, 54, 4)], size=100), [90, 90], sitk.Transform(), sitk.sitkLinear,
                            (-5.0, 3.0), (1.2, 1.2), (1.0, 0.0, 0.0, 1.0), 0.0, sitk.sitkFloat32)
     preset = presets.load_preset("multimodal-rigid")
     preset["preprocessing"] = {}  # the centre of mass of the images themselves (rank equalisation moves it)
