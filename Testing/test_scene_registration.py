@@ -196,12 +196,37 @@ def test_segmentation_mask_from_a_segmentation_node_is_used(slicer_app):
     np.testing.assert_allclose(mapped, points + SHIFT_A, atol=0.3)
 
 
-def test_checkerboard_volume_alternates_fixed_and_transformed_moving(slicer_app, shared_data):
+def _smooth_noise(seed, shape=(64, 64)):
+    img = sitk.GetImageFromArray(np.random.RandomState(seed).normal(size=shape).astype(np.float32))
+    return sitk.RescaleIntensity(sitk.SmoothingRecursiveGaussian(img, 2.0), 0.0, 1000.0)
+
+
+def test_checkerboard_volume_alternates_fixed_and_transformed_moving(slicer_app):
+    """Two unrelated textures; the moving under a known transform node. Tile by tile (4 x 4 tiles of 16 px), the
+    checkerboard must show the fixed image or the moving image resampled through that transform, alternating like
+    a chessboard: its size alone would not tell a board from either image."""
     scene = slicer_app.scene
-    fixed_node, moving_node, fixed, *_ = _brainweb_nodes(scene, shared_data, "shift_13_17")
-    scene_registration.register_volume_nodes(scene, fixed_node, moving_node, create_convergence_outputs=False)
+    fixed, moving = _smooth_noise(1), _smooth_noise(2, (80, 80))
+    moving.SetOrigin((-6.0, 4.0))
+    truth = sitk.Euler2DTransform((32.0, 32.0), 0.1, (5.0, -3.0))  # fixed -> moving, LPS
+    fixed_node = mrml.volume_node_from_image(scene, fixed, "fixed texture")
+    moving_node = mrml.volume_node_from_image(scene, moving, "moving texture")
+    tnode = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "truth")
+    mrml.set_transform_fixed_to_moving(tnode, truth)
+    moving_node.SetAndObserveTransformNodeID(tnode.GetID())
     node = scene_registration.checkerboard_volume(scene, fixed_node, moving_node, squares=4)
-    img = mrml.image_from_volume_node(node)
-    assert img.GetSize() == fixed.GetSize()
+    board = sitk.GetArrayFromImage(mrml.image_from_volume_node(node))
+    f = sitk.GetArrayFromImage(fixed)
+    m = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, truth, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    assert board.shape == f.shape
+    for r in range(4):
+        for c in range(4):
+            tile = (slice(16 * r + 1, 16 * r + 15), slice(16 * c + 1, 16 * c + 15))  # away from the seams
+            # (both images are scaled between their 1st and 99th percentile: clipping keeps r just under 1)
+            with_fixed = np.corrcoef(board[tile].ravel(), f[tile].ravel())[0, 1]
+            with_moving = np.corrcoef(board[tile].ravel(), m[tile].ravel())[0, 1]
+            shows_fixed = (r + c) % 2 == 0
+            assert (with_fixed if shows_fixed else with_moving) > 0.99, (r, c, with_fixed, with_moving)
+            assert abs(with_moving if shows_fixed else with_fixed) < 0.6, (r, c, with_fixed, with_moving)
     again = scene_registration.checkerboard_volume(scene, fixed_node, moving_node, squares=4, node=node)
     assert again is node
