@@ -235,8 +235,10 @@ def test_2d_deformable_histology_preset_runs_on_rgb_and_reduces_landmark_error(s
     before = np.linalg.norm(fl - ml, axis=1).mean() / px
     after = np.linalg.norm(mapped - ml, axis=1).mean() / px
     diagonal = float(np.hypot(*fixed.GetSize()))
-    assert after < 0.5 * before
-    assert after / diagonal < 0.01  # under 1% of the image diagonal (the benchmark's success criterion)
+    # measured (one thread, deterministic): 27.98 px -> 6.37 px mean, 0.453% of the 1405 px diagonal (the
+    # benchmark's success criterion, 1%, would let a result 2.2 times worse pass)
+    assert after < 0.3 * before, (before, after)
+    assert after / diagonal < 0.006, after / diagonal
 
 
 def test_existing_transform_initialisation_is_used_as_the_start(phantom_pair):
