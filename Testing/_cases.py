@@ -36,6 +36,33 @@ def foreground(image: sitk.Image) -> sitk.Image:
     return sitk.OtsuThreshold(sitk.Cast(image, sitk.sitkFloat32), 0, 1, 128)
 
 
+def blobs_image(centres, size: int = 96) -> sitk.Image:
+    """A 2D float image (1 mm pixels, origin 0) of Gaussian blobs ``(x, y, sigma)``, values up to ~100."""
+    y, x = np.mgrid[0:size, 0:size].astype(float)
+    arr = sum(np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s)) for cx, cy, s in centres)
+    return sitk.GetImageFromArray((100 * arr).astype(np.float32))
+
+
+OBJECT_A = [(20, 30, 3), (30, 50, 4), (18, 62, 3), (34, 70, 2.5)]  # x < 40
+OBJECT_B = [(64, 30, 5), (74, 52, 6), (62, 70, 5), (80, 74, 4)]  # x > 55: bigger, so it dominates a whole-image metric
+SHIFT_A, SHIFT_B = (4.0, 3.0), (-4.0, -3.0)
+
+
+def two_object_pair():
+    """(fixed, moving, mask over A in the fixed image, mask over A in the moving image): object A moves by
+    SHIFT_A, object B by SHIFT_B, so no rigid transform fits both and only a mask says which one to align."""
+    def moved(blobs, d):
+        return [(cx + d[0], cy + d[1], s) for cx, cy, s in blobs]
+
+    def left_of(x):
+        arr = np.zeros((96, 96), np.uint8)
+        arr[:, :x] = 1
+        return sitk.GetImageFromArray(arr)
+
+    return (blobs_image(OBJECT_A + OBJECT_B), blobs_image(moved(OBJECT_A, SHIFT_A) + moved(OBJECT_B, SHIFT_B)),
+            left_of(44), left_of(48))
+
+
 def translated_validation_nodes(scene, label_array, shift, points, labels, *, moving_offset=(0.0, 0.0, 0.0),
                                 origin=None, volume_names=("fixed", "moving")):
     """MRML nodes of a validation case with a known answer, from a label array (k, j, i).

@@ -67,7 +67,8 @@ def test_register_with_anhir_landmarks_reports_distances_before_and_after(tmp_pa
     assert code == 0
     lm = json.loads((out / "registration.json").read_text())["landmarks"]
     assert len(lm["labels"]) == 69 and not lm["used_for_initialization"]
-    assert lm["mean_after_mm"] < 0.5 * lm["mean_before_mm"]
+    # measured (one thread, deterministic): 9.99 mm -> 2.27 mm mean (0.228 of the start)
+    assert lm["mean_after_mm"] < 0.3 * lm["mean_before_mm"] and lm["mean_after_mm"] < 2.8, lm
 
 
 @pytest.mark.parametrize("args,message", [

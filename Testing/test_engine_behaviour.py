@@ -235,8 +235,10 @@ def test_2d_deformable_histology_preset_runs_on_rgb_and_reduces_landmark_error(s
     before = np.linalg.norm(fl - ml, axis=1).mean() / px
     after = np.linalg.norm(mapped - ml, axis=1).mean() / px
     diagonal = float(np.hypot(*fixed.GetSize()))
-    assert after < 0.5 * before
-    assert after / diagonal < 0.01  # under 1% of the image diagonal (the benchmark's success criterion)
+    # measured (one thread, deterministic): 27.98 px -> 6.37 px mean, 0.453% of the 1405 px diagonal (the
+    # benchmark's success criterion, 1%, would let a result 2.2 times worse pass)
+    assert after < 0.3 * before, (before, after)
+    assert after / diagonal < 0.006, after / diagonal
 
 
 def test_existing_transform_initialisation_is_used_as_the_start(phantom_pair):
@@ -249,18 +251,3 @@ def test_existing_transform_initialisation_is_used_as_the_start(phantom_pair):
     result = engine.register(fixed, moving, initial_transform_fixed_to_moving=rough)
     assert result.initialization["method"] == "transform" and "rotation_search" not in result.initialization
     assert simulation.target_registration_errors(result.transform_fixed_to_moving_lps, truth, targets).mean() < 1.0
-
-
-@pytest.mark.parametrize("method", ["geometry", "moments"])
-def test_centre_initialisations_align_the_centres_they_promise(phantom_pair, method):
-    fixed, moving, _, _ = phantom_pair
-    result = engine.register(fixed, moving, initialization_method=method, rotation_search=False, strict=False,
-                             overrides={"stages.0.optimizer.iterations": 1})
-    start = result.initial_transform_fixed_to_moving_lps
-    assert result.initialization["method"] == method
-    if method == "geometry":
-        def centre(img):
-            return np.array(img.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in img.GetSize()]))
-        np.testing.assert_allclose(start.TransformPoint(tuple(centre(fixed))), centre(moving), atol=1e-6)
-    else:
-        assert np.linalg.norm(start.GetTranslation()) > 1.0  # moved to the moving image's centre of mass

@@ -34,7 +34,9 @@ def test_direction_plus_30_pair_is_identity_in_physical_space_not_in_index_space
     assert abs(np.degrees(np.arctan2(a[1, 0], a[0, 0]))) < 0.2
 
 
-def test_fixed_mask_restricts_the_metric_and_still_recovers_the_shift(shared_data):
+def test_a_brain_mask_on_real_mr_still_recovers_the_shift(shared_data):
+    """A masked run on real data stays accurate. That the mask reaches the metric at all is measured where it
+    changes the answer: test_engine_features.test_a_mask_decides_which_object_is_aligned."""
     fixed = sitk.ReadImage(str(shared_data / "brainweb2d" / "BrainT1SliceBorder20.mha"))
     moving = sitk.ReadImage(str(shared_data / "brainweb2d" / "BrainProtonDensitySliceShifted13x17y.mha"))
     mask = sitk.ReadImage(str(shared_data / "brainweb2d" / "BrainProtonDensitySliceBorder20Mask.mha"))
@@ -42,4 +44,3 @@ def test_fixed_mask_restricts_the_metric_and_still_recovers_the_shift(shared_dat
     errors = tre(result.transform_fixed_to_moving_lps, sitk.TranslationTransform(2, (13.0, 17.0)),
                  grid_points(fixed, 4, foreground(fixed)))
     assert errors.mean() < 0.5
-    assert "fixed_mask" in result.inputs

@@ -54,9 +54,9 @@ def test_histology_preset_on_a_real_stain_pair_reaches_the_annotators_floor(he_c
           f"preset {100 * rtre:.3f}%, FLE floor (He, PS vs JB) {100 * floor:.3f}%")
     assert result.sanity.passed
     assert before > 0.05  # the sections start far apart (measured 6.5% of the diagonal)
-    # measured (2026-12-02, one thread: deterministic): 0.480% with the B-spline, 0.622% affine only (the
-    # previous ITK B-spline stage, 2 threads: 0.528%); the floor is 0.660%
-    assert rtre < 0.0055
+    # measured (preset 2.1.0, 2026-12-03, one thread: deterministic): 0.450% with the B-spline, 0.622% affine only
+    # (2.0.0: 0.480%; the previous ITK B-spline stage, 2 threads: 0.528%); the floor is 0.660%
+    assert rtre < 0.0052
     assert rtre < 0.85 * rtre_linear  # the deformable stage earns its place on real tissue
     assert rtre < floor  # below the annotators' own disagreement on He
 
@@ -86,7 +86,7 @@ def test_the_rotation_search_start_is_right_on_lung_pairs_where_it_failed_silent
     preset = _linear_part_of_the_preset()
     good = engine.register(fixed, moving, preset=preset, threads=1, seed=seed)
     rtre = np.median(_tre_px(good.transform_fixed_to_moving_lps, fixed, moving, fl, ml)) / diagonal
-    assert good.sanity.passed and rtre < 0.01, rtre  # measured 0.63% (CD31-Cc10), 0.47-0.49% (Cc10-Ki67)
+    assert good.sanity.passed and rtre < 0.008, rtre  # measured 0.63% (CD31-Cc10), 0.47-0.49% (Cc10-Ki67)
     old = engine.register(fixed, moving, preset=preset, threads=1, seed=seed, strict=False,
                           overrides={"initialization.rotation_search.sample_fraction": 0.3})
     rtre_old = np.median(_tre_px(old.transform_fixed_to_moving_lps, fixed, moving, fl, ml)) / diagonal

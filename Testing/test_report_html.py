@@ -97,6 +97,12 @@ def test_checkerboard_tiles_fit_the_anatomy_and_outside_the_moving_field_of_view
     board = qc_pictures.checkerboard_panel(bg, fg, tile_px=40)
     assert (board[:, 200:] == 100).all()  # no black tiles where the moving has no data
     assert (board[:, :200] == 200).mean() == pytest.approx(0.5, abs=0.05)
+    # Tiles, not stripes: 40 px squares counted from the view's centre, fixed and moving alternating in both
+    # directions, read at each tile's centre over the moving image's half.
+    for ty in range(-5, 5):
+        for tx in range(-5, 0):
+            y, x = 200 + 40 * ty + 20, 200 + 40 * tx + 20
+            assert (board[y, x] == (200 if (ty + tx) % 2 else 100)).all(), (ty, tx, board[y, x])
     roi = qc_pictures.Roi(np.zeros(3), np.array([140.0, 180.0, 120.0]))
     geom = qc_pictures.view_geometry("Axial", roi)
     tiles_across = 180.0 * geom.px_per_mm / geom.tile_px
