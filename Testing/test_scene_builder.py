@@ -228,3 +228,24 @@ def test_slice_views_made_headless_are_fitted_to_the_fixed_volume(slicer_app, sh
     m.DeepCopy(red.GetSliceToRAS())
     center = [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2]
     np.testing.assert_allclose([m.GetElement(0, 3), m.GetElement(1, 3)], center, atol=1.0)
+
+
+def test_an_image_format_the_headless_slicer_cannot_read_is_copied_so_the_scene_opens_everywhere(tmp_path, shared_data):
+    """JPEG/PNG/TIFF are read by the Slicer application but not by slicer-core (no such ITK image IO): a scene that
+    referenced them would not open headless. Such inputs are written into the scene folder; NIfTI/NRRD/MetaImage
+    (read by every Slicer) are referenced."""
+    d = shared_data / "brainweb2d"
+    fixed = sitk.ReadImage(str(d / FIXED_FILE))
+    png = tmp_path / "T1.png"
+    sitk.WriteImage(sitk.Cast(sitk.RescaleIntensity(fixed, 0, 255), sitk.sitkUInt8), str(png))
+    assert not scene_builder.file_holds_image(str(png), sitk.ReadImage(str(png)))
+    out = tmp_path / "out"
+    assert cli.main(["register", "--fixed", str(png), "--moving", str(d / MOVING_FILE), "--output-dir", str(out),
+                     "--no-progress"]) == 0
+    with HeadlessSlicer() as app:
+        scene = _loaded(app, out)
+        node = scene.GetFirstNodeByName("T1")
+        assert node.GetStorageNode().GetFileName().startswith(str(out / "scene"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.image_from_volume_node(node)),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(png))))
+        assert scene.GetFirstNodeByName(MOVING).GetStorageNode().GetFileName() == str(d / MOVING_FILE)

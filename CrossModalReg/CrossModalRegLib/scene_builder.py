@@ -23,8 +23,9 @@ volume's storage node points at the original file by its absolute path (written 
 output folder can be moved or copied anywhere on the same machine and the scene still opens. If the input files are
 moved, renamed or deleted, Slicer opens the scene without those volumes' voxels (it logs that it cannot read the
 file) while everything the run created still loads; load the image again, or edit the ``fileName`` in the
-``.mrml``. An input that is not a readable file, or whose file does not hold the image that was registered (an image
-made in memory, say), is written into the scene folder instead. Everything the run created is written into the
+``.mrml``. An input that is not a NRRD, NIfTI or MetaImage file (JPEG, PNG, TIFF: the Slicer application reads them,
+the headless slicer-core does not), or whose file does not hold the image that was registered (an image made in
+memory, say), is written into the scene folder instead. Everything the run created is written into the
 scene folder or referenced inside the output folder by a relative path (``../moving_resampled.nii.gz``), so that
 part stays together with the folder.
 """
@@ -57,6 +58,9 @@ METRIC_TRACE_COLUMNS = [
 ]
 # Slicer's three slice views (layout name, orientation), made in a headless scene that has none.
 SLICE_VIEWS = (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal"))
+# Image files every Slicer reads (ITK's NRRD, NIfTI and MetaImage IO are in the application and in slicer-core);
+# JPEG, PNG, TIFF, ... are read by the application only, so a scene referencing them would not open headless.
+REFERENCED_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 OVERLAY_OPACITY = 0.5
 
 
@@ -153,11 +157,9 @@ def volume_name(path: str | None, role: str, given: str | None = None) -> str:
 
 
 def file_holds_image(path: str, image: sitk.Image) -> bool:
-    """Whether ``path`` is a file Slicer's volume reader takes whose header gives ``image``'s grid (size, spacing,
-    origin, direction, components): then the scene can reference the file instead of a copy."""
-    if not path or not os.path.isfile(path):
-        return False
-    if not slicer.vtkMRMLVolumeArchetypeStorageNode().SupportedFileType(path):
+    """Whether ``path`` is a file every Slicer reads (:data:`REFERENCED_EXTENSIONS`) whose header gives ``image``'s
+    grid (size, spacing, origin, direction, components): then the scene can reference the file instead of a copy."""
+    if not path or not os.path.isfile(path) or not path.lower().endswith(REFERENCED_EXTENSIONS):
         return False
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
