@@ -166,7 +166,7 @@ def _structure(scene):
 
 def test_the_module_logic_and_the_command_line_make_the_same_nodes(cli_run, shared_data):
     """The module's path (volumes loaded from the files as Slicer loads them, register_volume_nodes with the user's
-    landmark lists and a resampled volume) and the CLI's scene give the same classes, names, parents, references."""
+    landmark lists, used for the initialisation, and a resampled volume) and the CLI's scene give the same classes, names, parents, references."""
     out, d = cli_run
     with HeadlessSlicer() as app:
         cli_nodes = _structure(_loaded(app, out))
@@ -178,9 +178,9 @@ def test_the_module_logic_and_the_command_line_make_the_same_nodes(cli_run, shar
         fixed_lm = mrml.markups_node_from_points(scene, LANDMARKS_LPS, labels, f"{FIXED} landmarks")
         moving_lm = mrml.markups_node_from_points(scene, LANDMARKS_LPS + [*SHIFT_LPS, 0.0], labels,
                                                   f"{MOVING} landmarks")
-        outputs = scene_registration.register_volume_nodes(scene, fixed, moving, create_resampled_volume=True)
-        moving_lm.SetAndObserveTransformNodeID(outputs.transform_node.GetID())  # the user puts them under it
-        assert fixed_lm.GetName() and outputs.transform_node.GetName() == TRANSFORM
+        outputs = scene_registration.register_volume_nodes(scene, fixed, moving, create_resampled_volume=True,
+                                                           fixed_landmarks_node=fixed_lm, moving_landmarks_node=moving_lm)
+        assert outputs.transform_node.GetName() == TRANSFORM
         module_nodes = _structure(scene)
     assert module_nodes == cli_nodes
     assert len(cli_nodes) == 10  # 3 volumes, transform, provenance, table, series, chart, 2 landmark lists

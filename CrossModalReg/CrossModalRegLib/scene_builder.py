@@ -99,14 +99,18 @@ def provenance_text(provenance: dict, transform_node) -> str:
 
 
 def add_result_nodes(scene, fixed_node, moving_node, transform_node, result, provenance: dict, *, resampled=None,
-                     convergence: bool = True, created: list | None = None) -> SceneRegistrationOutputs:
-    """Put ``result`` on ``transform_node`` (moving volume under it, both volumes referenced) and add the provenance
-    node, the metric trace table and chart (``convergence``) and the resampled moving volume (a SimpleITK image, when
-    given). Every node added is appended to ``created`` (what a rollback removes)."""
+                     convergence: bool = True, created: list | None = None,
+                     moving_landmarks_node=None) -> SceneRegistrationOutputs:
+    """Put ``result`` on ``transform_node`` (the moving volume and ``moving_landmarks_node`` under it, both volumes
+    referenced) and add the provenance node, the metric trace table and chart (``convergence``) and the resampled
+    moving volume (a SimpleITK image, when given). Every node added is appended to ``created`` (what a rollback
+    removes)."""
     created = [] if created is None else created
     mrml.set_transform_fixed_to_moving(transform_node, embed_3d(result.transform_fixed_to_moving_lps))
     mrml.set_volume_references(transform_node, fixed_node, moving_node)
-    moving_node.SetAndObserveTransformNodeID(transform_node.GetID())
+    for node in (moving_node, moving_landmarks_node):
+        if node is not None:
+            node.SetAndObserveTransformNodeID(transform_node.GetID())
     outputs = SceneRegistrationOutputs(transform_node, result)
     name = transform_node.GetName()
     text = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{name} provenance")
@@ -229,16 +233,14 @@ def _volume_names(input_files: dict, names: dict) -> dict:
     return out
 
 
-def add_landmark_nodes(scene, fixed_node, moving_node, transform_node, fixed_landmarks, moving_landmarks,
-                       labels=None) -> tuple:
-    """Paired landmarks (LPS mm) as markups ``<fixed> landmarks`` and ``<moving> landmarks`` (the latter under the
-    transform, so that it displays where the registration puts it); () when there are none."""
+def add_landmark_nodes(scene, fixed_node, moving_node, fixed_landmarks, moving_landmarks, labels=None) -> tuple:
+    """Paired landmarks (LPS mm) as markups ``<fixed> landmarks`` and ``<moving> landmarks`` (the latter goes under
+    the transform in :func:`add_result_nodes`); () when there are none."""
     if fixed_landmarks is None or moving_landmarks is None:
         return ()
     labels = [str(v) for v in (labels if labels is not None else range(len(fixed_landmarks)))]
     fixed_lm = mrml.markups_node_from_points(scene, fixed_landmarks, labels, f"{fixed_node.GetName()} landmarks")
     moving_lm = mrml.markups_node_from_points(scene, moving_landmarks, labels, f"{moving_node.GetName()} landmarks")
-    moving_lm.SetAndObserveTransformNodeID(transform_node.GetID())
     return fixed_lm, moving_lm
 
 
@@ -259,13 +261,13 @@ def build_registration_scene(scene, app_logic, fixed: sitk.Image, moving: sitk.I
             external[nodes[role]] = os.path.abspath(input_files[role])
     fixed_node, moving_node = nodes["fixed"], nodes["moving"]
     transform_node = scene.AddNewNodeByClass("vtkMRMLTransformNode", default_transform_name(fixed_node, moving_node))
-    landmarks = add_landmark_nodes(scene, fixed_node, moving_node, transform_node, fixed_landmarks, moving_landmarks,
-                                   landmark_labels)
+    landmarks = add_landmark_nodes(scene, fixed_node, moving_node, fixed_landmarks, moving_landmarks, landmark_labels)
     scene_inputs = {"fixed_volume": fixed_node.GetName(), "moving_volume": moving_node.GetName(),
                     "fixed_landmarks": landmarks[0].GetName() if landmarks else None,
                     "moving_landmarks": landmarks[1].GetName() if landmarks else None}
     outputs = add_result_nodes(scene, fixed_node, moving_node, transform_node, result,
-                               {**provenance, "scene_inputs": scene_inputs}, resampled=resampled)
+                               {**provenance, "scene_inputs": scene_inputs}, resampled=resampled,
+                               moving_landmarks_node=landmarks[1] if landmarks else None)
     kept = []
     if outputs.resampled_node is not None and resampled_file and os.path.isfile(resampled_file):
         reference_file(scene, outputs.resampled_node, resampled_file)

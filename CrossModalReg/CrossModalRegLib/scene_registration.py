@@ -127,6 +127,7 @@ class PreparedRegistration:
     scene_inputs: dict
     output_transform_node: object | None = None
     create_resampled_volume: bool = False
+    moving_landmarks_node: object | None = None  # goes under the output transform with the moving volume
 
     def run(self, *, progress=None, cancel=None):
         """``(RegistrationResult, resampled moving image or None)``; raises RegistrationCancelled / Failed."""
@@ -188,14 +189,16 @@ def prepare_registration(
         },
         output_transform_node=output_transform_node,
         create_resampled_volume=create_resampled_volume,
+        moving_landmarks_node=moving_landmarks_node,
     )
 
 
 class SceneChanges:
     """The scene side of one run (main thread only): the output node, the live preview, the outputs.
 
-    Created at the start of a run: records what :meth:`rollback` restores (the moving volume's parent transform,
-    the user's output node's transform and attributes) and creates the output transform node if none was given.
+    Created at the start of a run: records what :meth:`rollback` restores (the parent transforms of the moving volume
+    and the moving landmarks, the user's output node's transform and attributes) and creates the output transform
+    node if none was given.
     """
 
     def __init__(self, scene, prepared: PreparedRegistration, *, output_transform_node=None,
@@ -210,6 +213,9 @@ class SceneChanges:
         moving_node = prepared.moving_node
         parent = moving_node.GetParentTransformNode()
         self._previous_parent_id = parent.GetID() if parent else None
+        landmarks = prepared.moving_landmarks_node
+        landmarks_parent = landmarks.GetParentTransformNode() if landmarks is not None else None
+        self._previous_landmarks_parent_id = landmarks_parent.GetID() if landmarks_parent else None
         self._previous_output = None
         self._previous_attr = None
         if output_transform_node is not None:
@@ -247,13 +253,16 @@ class SceneChanges:
         provenance["scene_inputs"] = dict(self.prepared.scene_inputs)
         outputs = add_result_nodes(self.scene, self.prepared.fixed_node, self.prepared.moving_node,
                                    self.output_transform_node, result, provenance, resampled=resampled,
-                                   convergence=create_convergence_outputs, created=self.created)
+                                   convergence=create_convergence_outputs, created=self.created,
+                                   moving_landmarks_node=self.prepared.moving_landmarks_node)
         outputs.preview_updates = self.preview_updates
         return outputs
 
     def rollback(self) -> None:
         """Put the scene back as it was: the moving volume's parent, the user's output node, no new nodes."""
         self.prepared.moving_node.SetAndObserveTransformNodeID(self._previous_parent_id)
+        if self.prepared.moving_landmarks_node is not None:
+            self.prepared.moving_landmarks_node.SetAndObserveTransformNodeID(self._previous_landmarks_parent_id)
         if self._previous_output is not None:
             self.output_transform_node.CopyContent(self._previous_output, True)
             self.output_transform_node.SetAttribute(mrml.DIRECTION_ATTRIBUTE, self._previous_attr)
