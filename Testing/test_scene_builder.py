@@ -249,3 +249,19 @@ def test_an_image_format_the_headless_slicer_cannot_read_is_copied_so_the_scene_
         np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.image_from_volume_node(node)),
                                       sitk.GetArrayFromImage(sitk.ReadImage(str(png))))
         assert scene.GetFirstNodeByName(MOVING).GetStorageNode().GetFileName() == str(d / MOVING_FILE)
+
+
+def test_a_batch_case_scene_is_the_command_lines_scene(cli_run, tmp_path):
+    """Batch registers each case through the same job and builder: its case scene has the CLI's nodes (less the
+    landmark lists, not given here) and references the case's input files."""
+    out, d = cli_run
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_text(f"case_id,fixed,moving\nshift,{d / FIXED_FILE},{d / MOVING_FILE}\n")
+    assert cli.main(["batch", str(cohort), "--output-dir", str(tmp_path / "batch"), "--workers", "1", "--no-pictures",
+                     "--no-progress"]) == 0
+    with HeadlessSlicer() as app:
+        cli_nodes = {n for n in _structure(_loaded(app, out)) if "Markups" not in n[0]}
+    with HeadlessSlicer() as app:
+        scene = _loaded(app, tmp_path / "batch" / "cases" / "shift")
+        assert _structure(scene) == cli_nodes
+        assert scene.GetFirstNodeByName(FIXED).GetStorageNode().GetFileName() == str(d / FIXED_FILE)
