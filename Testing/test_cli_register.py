@@ -44,8 +44,8 @@ def test_scene_file_opens_with_the_moving_volume_under_the_transform(tmp_path, s
                      "--output-dir", str(out), "--no-progress"]) == 0
     with HeadlessSlicer() as app:
         scene_io.load_scene(app.scene, str(out / "scene" / "registration.mrml"))
-        moving = app.scene.GetFirstNodeByName("moving")
-        fixed = app.scene.GetFirstNodeByName("fixed")
+        moving = app.scene.GetFirstNodeByName("BrainProtonDensitySliceR10X13Y17")  # named after the files
+        fixed = app.scene.GetFirstNodeByName("BrainT1SliceBorder20")
         assert moving is not None and fixed is not None and moving.GetImageData() is not None
         parent = moving.GetParentTransformNode()
         assert parent is not None

@@ -230,3 +230,25 @@ def test_checkerboard_volume_alternates_fixed_and_transformed_moving(slicer_app)
             assert abs(with_moving if shows_fixed else with_fixed) < 0.6, (r, c, with_fixed, with_moving)
     again = scene_registration.checkerboard_volume(scene, fixed_node, moving_node, squares=4, node=node)
     assert again is node
+
+
+def test_moving_landmarks_go_under_the_output_transform_and_back_on_cancel(slicer_app, shared_data):
+    """The module's moving landmark list follows the moving volume (as in the command line's scene): under the output
+    transform after a run, so that it displays on the fixed anatomy; its own parent again after a cancel."""
+    scene = slicer_app.scene
+    fixed_node, moving_node, *_ = _brainweb_nodes(scene, shared_data, "shift_13_17")
+    points = np.array([[100.0, 120.0, 0.0], [140.0, 150.0, 0.0], [90.0, 160.0, 0.0], [150.0, 100.0, 0.0]])
+    labels = ["a", "b", "c", "d"]
+    lm_f = mrml.markups_node_from_points(scene, points, labels, "T1 landmarks")
+    lm_m = mrml.markups_node_from_points(scene, points + [13.0, 17.0, 0.0], labels, "PD landmarks")
+    own = scene.AddNewNodeByClass("vtkMRMLTransformNode", "users own")
+    lm_m.SetAndObserveTransformNodeID(own.GetID())
+    with pytest.raises(RegistrationCancelled):
+        scene_registration.register_volume_nodes(scene, fixed_node, moving_node, fixed_landmarks_node=lm_f,
+                                                 moving_landmarks_node=lm_m, cancel=lambda: True)
+    assert lm_m.GetParentTransformNode() is own
+    out = scene_registration.register_volume_nodes(scene, fixed_node, moving_node, fixed_landmarks_node=lm_f,
+                                                   moving_landmarks_node=lm_m)
+    assert lm_m.GetParentTransformNode() is out.transform_node and lm_f.GetParentTransformNode() is None
+    world = np.array([lm_m.GetNthControlPointPositionWorld(i) for i in range(4)])  # where Slicer draws them
+    np.testing.assert_allclose(world, geometry.lps_to_ras_points(points), atol=0.5)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import CrossModalRegError
+
 F3 = np.diag([-1.0, -1.0, 1.0])
 F4 = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -132,3 +134,41 @@ def linear_transform_in_plane(transform: sitk.Transform) -> sitk.AffineTransform
     m2 = np.eye(4)
     m2[:2, :2], m2[:2, 3] = m3[:2, :2], m3[:2, 3]
     return affine_transform_from_matrix_lps(m2, 2)
+
+
+def embed_3d(tx: sitk.Transform) -> sitk.Transform:
+    """A 2D transform as the 3D one Slicer needs (z unchanged); 3D transforms are returned as they are.
+
+    Used wherever a 2D result meets MRML or a 3D-only tool: the scene builder, the module, batch validation."""
+    if tx.GetDimension() == 3:
+        return tx
+    if tx.IsLinear():
+        return affine_transform_from_matrix_lps(linear_transform_matrix_lps(tx, 2), 3)
+    # A 2D deformable result: sample it as a 3D displacement field one slice thick (exact at z = 0).
+    return _embed_2d_deformable(tx)
+
+
+def _embed_2d_deformable(tx):
+    """Sample a 2D deformable transform on a 1 mm-ish grid over its B-spline domain as a one-slice 3D field."""
+    comps = ([tx.GetNthTransform(i) for i in range(tx.GetNumberOfTransforms())]
+             if tx.GetName() == "CompositeTransform" else [tx])
+    bs = [c for c in comps if c.GetName() == "BSplineTransform"]
+    if not bs:
+        raise CrossModalRegError(f"cannot show a 2D {tx.GetName()} in Slicer")
+    fp = np.array(sitk.BSplineTransform(bs[-1]).GetFixedParameters())  # size(2) origin(2) spacing(2) direction(4)
+    size, origin, spacing = fp[0:2], fp[2:4], fp[4:6]
+    n = [int(size[0]) * 4, int(size[1]) * 4]
+    sp = (float(spacing[0]) / 4, float(spacing[1]) / 4)
+    field2d = sitk.TransformToDisplacementField(tx, sitk.sitkVectorFloat64, n, tuple(map(float, origin)), sp,
+                                                tuple(map(float, fp[6:10])))
+    arr2 = sitk.GetArrayFromImage(field2d)
+    arr = np.zeros((1, arr2.shape[0], arr2.shape[1], 3))
+    arr[0, :, :, :2] = arr2
+    field = sitk.GetImageFromArray(arr, isVector=True)
+    d2 = np.array(field2d.GetDirection()).reshape(2, 2)
+    d3 = np.eye(3)
+    d3[:2, :2] = d2
+    field.SetSpacing((sp[0], sp[1], 1.0))
+    field.SetOrigin((float(origin[0]), float(origin[1]), 0.0))
+    field.SetDirection(tuple(d3.ravel()))
+    return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))

@@ -253,7 +253,7 @@ def _register_and_write(tmp, fixed, moving, *, preset, fixed_mask, moving_mask, 
     if "landmarks" in provenance:
         provenance["outputs"].update({name: f"the paired {role} landmarks used, landmark CSV (LPS mm in 3D, "
                                       "pixels in 2D)" for role, name in provenance["landmarks"]["files"].items()})
-    _write_scene_and_pictures(tmp, fixed, moving, tx, provenance, fixed_landmarks=fixed_landmarks,
+    _write_scene_and_pictures(tmp, fixed, moving, result, resampled, provenance, fixed_landmarks=fixed_landmarks,
                               moving_landmarks=moving_landmarks, landmark_labels=landmark_labels,
                               input_files=input_files, image_names=image_names, pictures=pictures)
     write_report(os.path.join(tmp, "report.html"), provenance)
@@ -261,41 +261,28 @@ def _register_and_write(tmp, fixed, moving, *, preset, fixed_mask, moving_mask, 
     return result
 
 
-def _write_scene_and_pictures(tmp, fixed, moving, tx, provenance, *, fixed_landmarks, moving_landmarks,
-                              landmark_labels, input_files, image_names, pictures):
-    """The scene (real MRML): fixed, moving under the transform, landmarks; QC pictures from Slicer's compositing."""
+def _write_scene_and_pictures(tmp, fixed, moving, result, resampled, provenance, *, fixed_landmarks,
+                              moving_landmarks, landmark_labels, input_files, image_names, pictures):
+    """The scene (real MRML, :func:`.scene_builder.build_registration_scene`: the nodes the module makes, input
+    images referenced where they are) and the QC pictures from Slicer's compositing of that same scene."""
     from .headless import HeadlessSlicer
-    from .mrml import (
-        markups_node_from_points,
-        set_transform_fixed_to_moving,
-        set_volume_references,
-        volume_node_from_image,
-    )
     from .overlay import write_png
     from .qc_pictures import figures, render_qc
-    from .scene_io import save_scene
-    from .scene_registration import _embed_3d
+    from .scene_builder import build_registration_scene, save_registration_scene
 
     with HeadlessSlicer() as app:
-        scene = app.scene
-        fixed_node = volume_node_from_image(scene, fixed, "fixed")
-        moving_node = volume_node_from_image(scene, moving, "moving")
-        tnode = scene.AddNewNodeByClass("vtkMRMLTransformNode", "moving_to_fixed (CrossModalReg)")
-        set_transform_fixed_to_moving(tnode, _embed_3d(tx))
-        set_volume_references(tnode, fixed_node, moving_node)
-        moving_node.SetAndObserveTransformNodeID(tnode.GetID())
+        built = build_registration_scene(
+            app.scene, app.app_logic, fixed, moving, result, provenance, input_files=input_files, names=image_names,
+            fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, landmark_labels=landmark_labels,
+            resampled=resampled, resampled_file=os.path.join(tmp, "moving_resampled.nii.gz"))
         if pictures:
-            qc = render_qc(scene, app.app_logic, fixed, fixed_node, moving_node, tnode, tx,
+            qc = render_qc(app.scene, app.app_logic, fixed, built.fixed_node, built.moving_node,
+                           built.outputs.transform_node, result.transform_fixed_to_moving_lps,
                            fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
                            fixed_name=_input_name(input_files, "fixed", image_names),
                            moving_name=_input_name(input_files, "moving", image_names))
             for name, rgb in figures(qc).items():
                 write_png(rgb, os.path.join(tmp, name))
             provenance["qc_pictures"] = qc.summary()
-        if fixed_landmarks is not None:
-            markups_node_from_points(scene, fixed_landmarks, landmark_labels or range(len(fixed_landmarks)),
-                                     "fixed_landmarks")
-            mnode = markups_node_from_points(scene, moving_landmarks,
-                                             landmark_labels or range(len(moving_landmarks)), "moving_landmarks")
-            mnode.SetAndObserveTransformNodeID(tnode.GetID())
-        save_scene(scene, os.path.join(tmp, "scene", "registration.mrml"))
+            built.set_provenance(provenance)
+        save_registration_scene(built, os.path.join(tmp, "scene", "registration.mrml"))

@@ -24,11 +24,14 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "node"
 
 
-def save_scene(scene, mrml_path: str) -> list[str]:
+def save_scene(scene, mrml_path: str, *, keep=()) -> list[str]:
     """Write every storable node's data next to ``mrml_path`` and the scene file itself; return the files written.
 
-    Nodes keep their data; each gets a storage node (a default one if it has none) pointing into the folder.
+    Nodes keep their data; each gets a storage node (a default one if it has none) pointing into the folder, except
+    the nodes in ``keep``, whose storage nodes already point at their files (an input image where it is, say): their
+    files are neither written nor moved. Slicer writes every file name relative to the scene folder.
     """
+    keep = {node.GetID() for node in keep}
     folder = os.path.dirname(os.path.abspath(mrml_path))
     os.makedirs(folder, exist_ok=True)
     written = []
@@ -36,7 +39,7 @@ def save_scene(scene, mrml_path: str) -> list[str]:
     nodes = scene.GetNodesByClass("vtkMRMLStorableNode")
     for i in range(nodes.GetNumberOfItems()):
         node = nodes.GetItemAsObject(i)
-        if node.GetHideFromEditors() and not node.IsA("vtkMRMLTableNode"):
+        if node.GetID() in keep or (node.GetHideFromEditors() and not node.IsA("vtkMRMLTableNode")):
             continue
         if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is None:
             continue

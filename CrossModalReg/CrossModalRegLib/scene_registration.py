@@ -7,48 +7,32 @@ This is what the CrossModalReg module's Logic calls (and what the command line c
 * the output transform node's *transform from parent* maps FIXED RAS points to MOVING RAS points (the moving
   volume, under it, displays aligned with the fixed); it references its fixed and moving volumes;
 * provenance (versions, preset and hash, parameters, seed, timings, inputs' checksums) is kept in the scene as a
-  text node referenced from the transform node; the metric per iteration as a table (and a plot);
+  text node referenced from the transform node; the metric per iteration as a table (and a plot): these nodes are
+  made by :mod:`.scene_builder`, which also builds the command line's and batch's scene, so both look the same;
 * on cancel or error every node the run created is removed, the moving volume gets its previous parent
   transform back and a user-supplied output node its previous transform.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import slicer
 
 from . import engine, mrml
 from .errors import CrossModalRegError
-from .geometry import linear_transform_in_plane
-from .provenance import json_default
-from .tables import Column, table_node_from_rows
-
-PROVENANCE_REFERENCE = "CrossModalReg.provenance"
-TRACE_REFERENCE = "CrossModalReg.metricTrace"
-METRIC_TRACE_COLUMNS = [
-    Column("iteration_index", "Index", "", "Running index over all stages and levels", "int"),
-    Column("stage", "Stage", "", "Transform stage being optimised (rigid, affine, bspline)", "string"),
-    Column("level", "Level", "", "Resolution level, 0 = coarsest", "int"),
-    Column("iteration", "Iteration", "", "Optimiser iteration within the level", "int"),
-    Column("metric", "Metric", "", "Metric value (lower is better; negative mutual information for MI metrics); "
-           "per resolution level, not comparable across levels", digits=6),
-]
-
-
-@dataclass
-class SceneRegistrationOutputs:
-    transform_node: object
-    result: engine.RegistrationResult
-    resampled_node: object | None = None
-    provenance_node: object | None = None
-    trace_table_node: object | None = None
-    trace_chart_node: object | None = None
-    preview_updates: int = 0
-    created_nodes: list = field(default_factory=list)
+from .geometry import embed_3d, linear_transform_in_plane
+from .scene_builder import (  # noqa: F401  (the module's names for these live on here)
+    METRIC_TRACE_COLUMNS,
+    PROVENANCE_REFERENCE,
+    TRACE_REFERENCE,
+    SceneRegistrationOutputs,
+    add_result_nodes,
+    default_transform_name,
+    set_overlay_layers,
+)
 
 
 def landmark_pairs_from_nodes(fixed_node, moving_node):
@@ -62,20 +46,6 @@ def landmark_pairs_from_nodes(fixed_node, moving_node):
         raise CrossModalRegError("landmark initialisation needs both a fixed and a moving landmark list")
     return pair_landmarks(mrml.landmark_set_from_markups_node(fixed_node),
                           mrml.landmark_set_from_markups_node(moving_node))
-
-
-def set_overlay_layers(scene, fixed_node, moving_node, *, opacity: float = 0.5):
-    """Fixed in the background and moving in the foreground of every slice view of the scene."""
-    nodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for i in range(nodes.GetNumberOfItems()):
-        comp = nodes.GetItemAsObject(i)
-        comp.SetBackgroundVolumeID(fixed_node.GetID() if fixed_node else None)
-        comp.SetForegroundVolumeID(moving_node.GetID() if moving_node else None)
-        comp.SetForegroundOpacity(float(opacity))
-
-
-def default_transform_name(fixed_node, moving_node) -> str:
-    return f"{moving_node.GetName()}_to_{fixed_node.GetName()} (CrossModalReg)"
 
 
 def register_volume_nodes(
@@ -157,6 +127,7 @@ class PreparedRegistration:
     scene_inputs: dict
     output_transform_node: object | None = None
     create_resampled_volume: bool = False
+    moving_landmarks_node: object | None = None  # goes under the output transform with the moving volume
 
     def run(self, *, progress=None, cancel=None):
         """``(RegistrationResult, resampled moving image or None)``; raises RegistrationCancelled / Failed."""
@@ -218,14 +189,16 @@ def prepare_registration(
         },
         output_transform_node=output_transform_node,
         create_resampled_volume=create_resampled_volume,
+        moving_landmarks_node=moving_landmarks_node,
     )
 
 
 class SceneChanges:
     """The scene side of one run (main thread only): the output node, the live preview, the outputs.
 
-    Created at the start of a run: records what :meth:`rollback` restores (the moving volume's parent transform,
-    the user's output node's transform and attributes) and creates the output transform node if none was given.
+    Created at the start of a run: records what :meth:`rollback` restores (the parent transforms of the moving volume
+    and the moving landmarks, the user's output node's transform and attributes) and creates the output transform
+    node if none was given.
     """
 
     def __init__(self, scene, prepared: PreparedRegistration, *, output_transform_node=None,
@@ -240,6 +213,9 @@ class SceneChanges:
         moving_node = prepared.moving_node
         parent = moving_node.GetParentTransformNode()
         self._previous_parent_id = parent.GetID() if parent else None
+        landmarks = prepared.moving_landmarks_node
+        landmarks_parent = landmarks.GetParentTransformNode() if landmarks is not None else None
+        self._previous_landmarks_parent_id = landmarks_parent.GetID() if landmarks_parent else None
         self._previous_output = None
         self._previous_attr = None
         if output_transform_node is not None:
@@ -266,109 +242,32 @@ class SceneChanges:
         tx = p.transform_fixed_to_moving_lps()
         if tx is None or (tx.GetDimension() == 2 and not tx.IsLinear()):
             return False  # 2D B-spline preview goes through a 3D embedding at the end only
-        mrml.set_transform_fixed_to_moving(self.output_transform_node, _embed_3d(tx))
+        mrml.set_transform_fixed_to_moving(self.output_transform_node, embed_3d(tx))
         self.preview_updates += 1
         self._last_preview = now
         return True
 
     def commit(self, result, resampled=None, *, create_convergence_outputs: bool = True) -> SceneRegistrationOutputs:
-        scene = self.scene
-        fixed_node, moving_node = self.prepared.fixed_node, self.prepared.moving_node
-        output_transform_node = self.output_transform_node
-        created = self.created
-        mrml.set_transform_fixed_to_moving(output_transform_node, _embed_3d(result.transform_fixed_to_moving_lps))
-        mrml.set_volume_references(output_transform_node, fixed_node, moving_node)
-        moving_node.SetAndObserveTransformNodeID(output_transform_node.GetID())
-        outputs = SceneRegistrationOutputs(output_transform_node, result, preview_updates=self.preview_updates)
-
+        """The run's nodes (:func:`.scene_builder.add_result_nodes`, shared with the command line's scene)."""
         provenance = result.provenance()
         provenance["scene_inputs"] = dict(self.prepared.scene_inputs)
-        provenance["output_transform"] = {
-            "node": output_transform_node.GetName(),
-            "meaning": mrml.DIRECTION_FIXED_TO_MOVING,
-        }
-        text = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{output_transform_node.GetName()} provenance")
-        created.append(text)
-        text.SetText(json.dumps(provenance, indent=2, default=json_default))
-        output_transform_node.SetNodeReferenceID(PROVENANCE_REFERENCE, text.GetID())
-        outputs.provenance_node = text
-
-        if create_convergence_outputs:
-            rows = [{"iteration_index": i, **r} for i, r in enumerate(result.metric_trace_rows())]
-            table = table_node_from_rows(scene, f"{output_transform_node.GetName()} metric trace",
-                                         METRIC_TRACE_COLUMNS, rows)
-            created.append(table)
-            output_transform_node.SetNodeReferenceID(TRACE_REFERENCE, table.GetID())
-            outputs.trace_table_node = table
-            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{output_transform_node.GetName()} metric")
-            created.append(series)
-            series.SetAndObserveTableNodeID(table.GetID())
-            series.SetXColumnName("iteration_index")
-            series.SetYColumnName("metric")
-            series.SetPlotType(series.PlotTypeLine)
-            chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{output_transform_node.GetName()} convergence")
-            created.append(chart)
-            chart.AddAndObservePlotSeriesNodeID(series.GetID())
-            chart.SetTitle("Metric per iteration")
-            chart.SetXAxisTitle("iteration (all stages and levels)")
-            chart.SetYAxisTitle("metric (lower is better)")
-            outputs.trace_chart_node = chart
-
-        if resampled is not None:
-            node = mrml.volume_node_from_image(scene, resampled, f"{moving_node.GetName()} resampled")
-            created.append(node)
-            outputs.resampled_node = node
-        outputs.created_nodes = list(created)
+        outputs = add_result_nodes(self.scene, self.prepared.fixed_node, self.prepared.moving_node,
+                                   self.output_transform_node, result, provenance, resampled=resampled,
+                                   convergence=create_convergence_outputs, created=self.created,
+                                   moving_landmarks_node=self.prepared.moving_landmarks_node)
+        outputs.preview_updates = self.preview_updates
         return outputs
 
     def rollback(self) -> None:
         """Put the scene back as it was: the moving volume's parent, the user's output node, no new nodes."""
         self.prepared.moving_node.SetAndObserveTransformNodeID(self._previous_parent_id)
+        if self.prepared.moving_landmarks_node is not None:
+            self.prepared.moving_landmarks_node.SetAndObserveTransformNodeID(self._previous_landmarks_parent_id)
         if self._previous_output is not None:
             self.output_transform_node.CopyContent(self._previous_output, True)
             self.output_transform_node.SetAttribute(mrml.DIRECTION_ATTRIBUTE, self._previous_attr)
         mrml.remove_nodes(self.scene, reversed(self.created))
         self.created = []
-
-
-def _embed_3d(tx):
-    """A 2D transform as the 3D one Slicer needs (z unchanged); 3D transforms are returned as they are."""
-    import SimpleITK as sitk
-
-    from .geometry import affine_transform_from_matrix_lps, linear_transform_matrix_lps
-
-    if tx.GetDimension() == 3:
-        return tx
-    if tx.IsLinear():
-        return affine_transform_from_matrix_lps(linear_transform_matrix_lps(tx, 2), 3)
-    # A 2D deformable result: sample it as a 3D displacement field one slice thick (exact at z = 0).
-    return _embed_2d_deformable(tx, sitk)
-
-
-def _embed_2d_deformable(tx, sitk):
-    """Sample a 2D deformable transform on a 1 mm-ish grid over its B-spline domain as a one-slice 3D field."""
-    comps = ([tx.GetNthTransform(i) for i in range(tx.GetNumberOfTransforms())]
-             if tx.GetName() == "CompositeTransform" else [tx])
-    bs = [c for c in comps if c.GetName() == "BSplineTransform"]
-    if not bs:
-        raise CrossModalRegError(f"cannot show a 2D {tx.GetName()} in Slicer")
-    fp = np.array(sitk.BSplineTransform(bs[-1]).GetFixedParameters())  # size(2) origin(2) spacing(2) direction(4)
-    size, origin, spacing = fp[0:2], fp[2:4], fp[4:6]
-    n = [int(size[0]) * 4, int(size[1]) * 4]
-    sp = (float(spacing[0]) / 4, float(spacing[1]) / 4)
-    field2d = sitk.TransformToDisplacementField(tx, sitk.sitkVectorFloat64, n, tuple(map(float, origin)), sp,
-                                                tuple(map(float, fp[6:10])))
-    arr2 = sitk.GetArrayFromImage(field2d)
-    arr = np.zeros((1, arr2.shape[0], arr2.shape[1], 3))
-    arr[0, :, :, :2] = arr2
-    field = sitk.GetImageFromArray(arr, isVector=True)
-    d2 = np.array(field2d.GetDirection()).reshape(2, 2)
-    d3 = np.eye(3)
-    d3[:2, :2] = d2
-    field.SetSpacing((sp[0], sp[1], 1.0))
-    field.SetOrigin((float(origin[0]), float(origin[1]), 0.0))
-    field.SetDirection(tuple(d3.ravel()))
-    return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
 
 
 def checkerboard_volume(scene, fixed_node, moving_node, *, squares: int = 8, node=None, name: str | None = None):

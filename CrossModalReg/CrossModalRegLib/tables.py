@@ -104,9 +104,22 @@ def table_node_from_rows(scene, name: str, columns: list[Column], rows: list[dic
             node.SetColumnTitle(c.key, c.title)
             node.SetColumnUnitLabel(c.key, c.unit)
             node.SetColumnDescription(c.key, c.description)
-            node.SetColumnLongName(c.key, c.title)
+            _set_long_name_quietly(node, c.key, c.title)
         node.SetUseColumnTitleAsColumnHeader(True)
         node.Modified()
     finally:
         node.EndModify(was)
     return node
+
+
+def _set_long_name_quietly(node, key: str, title: str) -> None:
+    """Slicer 5.10's table view shows a column's long name; slicer-core 5.13 made it an alias of the title that logs
+    a deprecation warning on every call (which the command line would print): set it with VTK warnings off."""
+    import vtk
+
+    was = vtk.vtkObject.GetGlobalWarningDisplay()
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    try:
+        node.SetColumnLongName(key, title)
+    finally:
+        vtk.vtkObject.SetGlobalWarningDisplay(was)

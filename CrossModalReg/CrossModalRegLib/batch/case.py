@@ -217,9 +217,9 @@ def _validate(case, fixed, moving, result, landmarks, options: CaseOptions, stag
     """TRE / Dice / Jacobian (and NMI) with ``validation.validate``; 2D cases are embedded as one-slice 3D."""
     import numpy as np
 
+    from ..geometry import embed_3d
     from ..pipeline import read_image
     from ..provenance import write_json_atomic
-    from ..scene_registration import _embed_3d
     from ..tables import write_tsv
     from ..validation import SUMMARY_COLUMNS, LandmarkSet, load_profile, validate
 
@@ -243,7 +243,7 @@ def _validate(case, fixed, moving, result, landmarks, options: CaseOptions, stag
         kw["moving_labels"] = _as_3d(read_image(case.moving_labels, "moving labels"))
     profile = load_profile(options.profile) if options.profile else None
     # A 2D case is a one-slice volume here; its Jacobian map is the 2D one (validation.jacobian handles one slice).
-    report = validate(_embed_3d(tx), fixed=_as_3d(fixed), moving=_as_3d(moving), profile=profile,
+    report = validate(embed_3d(tx), fixed=_as_3d(fixed), moving=_as_3d(moving), profile=profile,
                       jacobian="auto" if nonlinear else "never",
                       input_checksums={k: sha256_of_file(v) for k, v in case.files().items()}, **kw)
     vdir = os.path.join(staging, "validation")
