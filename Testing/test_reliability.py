@@ -212,8 +212,9 @@ def test_unwritable_parent_and_full_disk_are_one_line_and_leave_nothing(files, c
 
 
 def test_a_really_full_disk_is_one_line_and_leaves_nothing(tmp_path):
-    """A real 2 MB file system (tmpfs) that the resampled image does not fit in: ITK's writer fails (a RuntimeError,
-    not an OSError) and the run still ends in one line, exit 2, nothing left on the device."""
+    """A real 2 MB file system (tmpfs) that the resampled image does not fit in. ITK's NIfTI writer does not fail
+    there: it prints "NWAD: wrote only 0 of N bytes" and returns, leaving a truncated file; every written image is
+    read back (image_io.write_image), so the run ends at that file in one line, exit 2, nothing left."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
@@ -229,6 +230,7 @@ def test_a_really_full_disk_is_one_line_and_leaves_nothing(tmp_path):
                             *CHEAP, "--output-dir", str(mnt / "out")], env=ENV, capture_output=True, text=True)
         lines = [ln for ln in p.stderr.splitlines() if ln.startswith("crossmodalreg")]
         assert p.returncode == 2 and len(lines) == 1 and "no space left" in lines[0], p.stderr
+        assert "moving_resampled.nii.gz" in lines[0], lines  # caught at the truncated write, not at a later one
         assert "Traceback" not in p.stderr
         assert os.listdir(mnt) == []  # no output, no staging, no lock
     finally:

@@ -54,6 +54,29 @@ def read_image(path: str, role: str, *, pixel_type=None) -> sitk.Image:
     return image
 
 
+def write_image(image: sitk.Image, path: str, *, compress: bool = True) -> str:
+    """Write ``image`` and check that the whole file reached the disk; returns ``path``.
+
+    ITK's NIfTI writer does not fail on a full disk: it prints "NWAD: wrote only 0 of N bytes" and returns, leaving
+    a truncated file that a later step would commit as a result. The file is therefore read back with the same
+    checks as an input (:func:`check_image_file`: complete gzip stream, NIfTI data length) and its header read.
+    Raises ``CrossModalRegError`` naming the file (and the free space when the disk is full).
+    """
+    import shutil
+
+    try:
+        sitk.WriteImage(image, path, useCompression=compress)
+        check_image_file(path, "written image")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+    except (RuntimeError, CrossModalRegError) as exc:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        why = f"no space left on the device ({free} bytes free)" if free < (1 << 20) else str(exc).strip()[:300]
+        raise CrossModalRegError(f"writing {path} failed: {why}; nothing was written") from None
+    return path
+
+
 def check_image_file(path: str, role: str) -> None:
     """The checks on the file's bytes (see the module docstring); returns quietly for a sound file."""
     lower = path.lower()

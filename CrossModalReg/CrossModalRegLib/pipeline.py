@@ -26,7 +26,10 @@ import SimpleITK as sitk
 
 from . import engine, signals
 from .errors import CrossModalRegError
-from .image_io import read_image  # noqa: F401  (re-exported: the commands and batch read inputs from here)
+from .image_io import (
+    read_image,  # noqa: F401  (re-exported: the commands and batch read inputs from here)
+    write_image,
+)
 from .output_dir import OutputFolder
 from .provenance import sha256_of_file, write_json_atomic
 from .tables import write_tsv
@@ -217,7 +220,7 @@ def _register_and_write(tmp, fixed, moving, *, preset, fixed_mask, moving_mask, 
                 result.sanity.failures() + ([figures] if figures else [])), result.sanity.failures(), result)
     sitk.WriteTransform(tx, os.path.join(tmp, "transform.h5"))
     resampled = result.resample_moving(fixed, moving)
-    sitk.WriteImage(resampled, os.path.join(tmp, "moving_resampled.nii.gz"), useCompression=True)
+    write_image(resampled, os.path.join(tmp, "moving_resampled.nii.gz"))
     rows = [{"iteration_index": i, **r} for i, r in enumerate(result.metric_trace_rows())]
     write_tsv(os.path.join(tmp, "metric_trace.tsv"), METRIC_TRACE_COLUMNS, rows)
 

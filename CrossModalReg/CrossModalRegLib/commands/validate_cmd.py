@@ -161,8 +161,8 @@ def _validate_into(args, tmp):
     if report.labels is not None:
         write_tsv(os.path.join(tmp, "segments.tsv"), SEGMENT_COLUMNS, report.segment_rows())
     if args.write_jacobian and report.jacobian_image is not None:
-        import SimpleITK as sitk
+        from ..image_io import write_image
 
-        sitk.WriteImage(report.jacobian_image, os.path.join(tmp, "jacobian.nii.gz"))
+        write_image(report.jacobian_image, os.path.join(tmp, "jacobian.nii.gz"))
     write_json_atomic(os.path.join(tmp, "summary.json"), report.summary_json())
     return report, profile
