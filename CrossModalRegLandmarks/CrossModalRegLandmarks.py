@@ -302,7 +302,7 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
             box.currentIndex = names.index(current)
             box.enabled = named
             box.blockSignals(wasBlocked)
-        if p and named:
+        if p:  # a folder without named images clears the names a previous session's boxes left behind
             self._onSessionImageChosen("fixed")
             self._onSessionImageChosen("moving")
 
@@ -670,9 +670,11 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
         self._checkOutputs(parameterNode)
         stats = self.computeStatistics(parameterNode)  # always from the points as saved now
         fixedName, movingName = self.roles["fixed"], self.roles["moving"]
-        if not {fixedName, movingName} <= set(stats.per_image):
-            raise CrossModalRegError(_("Both images ({fixed}, {moving}) need landmarks before registering.").format(
-                fixed=fixedName, moving=movingName))
+        missing = [n for n in (fixedName, movingName) if n not in stats.per_image]
+        if missing:
+            reasons = "; ".join(f"{n}: {stats.skipped.get(n, _('no landmarks'))}" for n in missing)
+            raise CrossModalRegError(_("Both images need landmark statistics before registering ({reasons}).").format(
+                reasons=reasons))
         # A landmark with no consensus on either image (unplaced, or its pair flagged) is left out, and logged.
         pairs = pair_landmarks(stats.consensus_landmarks(fixedName), stats.consensus_landmarks(movingName),
                                unpaired="skip")

@@ -415,6 +415,16 @@ def test_a_session_over_named_images_shows_any_two_of_them_and_registers_them(mo
     assert len(slot_errors) == 1 and "two different session images" in slot_errors[0], slot_errors
     slot_errors.clear()
     assert m.logic.nodes == nodes_before and all(scene.IsNodePresent(n) for n in nodes_before.values())
+    # Then a new, empty folder: its images are "fixed"/"moving" again and the names chosen before are forgotten
+    m.ui.sessionFolderLineEdit.currentPath = str(tmp_path / "new session")
+    assert not m.ui.fixedImageComboBox.enabled and (p.fixedImageName, p.movingImageName) == ("", "")
+    from CrossModalRegLib.landmarks import save_protocol
+
+    save_protocol(session.protocol, str(tmp_path / "protocol.json"))
+    m.ui.protocolPathLineEdit.currentPath = str(tmp_path / "protocol.json")
+    _start(m, "A")
+    assert not slot_errors, slot_errors
+    assert {image for (_a, image, _r) in m.logic.nodes} == {"fixed", "moving"}
 
 
 def test_exported_landmark_csvs_are_read_by_the_commands_with_the_sessions_points(lm, slot_errors, tmp_path):
