@@ -181,7 +181,8 @@ def test_2d_runs_write_pixel_csvs_that_read_back_to_the_same_physical_points(tmp
     fixed.SetSpacing((0.5, 0.25))
     fixed.SetOrigin((10.0, -3.0))
     moving = sitk.Image(50, 50, sitk.sitkFloat32)
-    moving.SetSpacing((0.4, 0.4))
+    moving.SetSpacing((0.8, 0.8))  # every point inside the moving image too (points outside are refused)
+    moving.SetOrigin((5.0, -4.0))
     pixels = np.array([[3.0, 4.5], [20.25, 7.0], [41.0, 30.0]])
     f_phys = landmarks_in_image_space(fixed, LandmarkSet(["a", "b", "c"], pixels, "pixel", "f.csv"), "fixed").points
     m_phys = f_phys + [1.0, 2.0]

@@ -47,9 +47,35 @@ def landmarks_in_image_space(image: sitk.Image, landmarks, role: str):
             raise CrossModalRegError(f"{role} landmarks '{landmarks.source}' are 2D pixels but the {role} image is "
                                      f"{dim}D")
         pts = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(map(float, p))) for p in pts])
-    elif dim == 2:
+    elif dim == 2 and pts.shape[1] == 3:
+        off = np.abs(pts[:, 2]) > PLANE_TOLERANCE_MM
+        if off.any():
+            raise CrossModalRegError(
+                f"{role} landmarks '{landmarks.source}' are 3D ({int(off.sum())} of {len(pts)} points off the "
+                f"image plane z = 0, up to {np.abs(pts[:, 2]).max():.3g} mm) but the {role} image is 2D: give the "
+                "image's own landmarks (a pixel CSV, or LPS points with z = 0)")
         pts = pts[:, :2]
+    if dim == 2:  # the rule of 'landmarks import'; a 3D point just outside a cropped field of view stays allowed
+        _check_inside(image, pts, landmarks, role)
     return LandmarkSet(landmarks.labels, pts.reshape(len(landmarks), dim), "LPS", landmarks.source)
+
+
+PLANE_TOLERANCE_MM = 1e-3  # a 3D point this close to z = 0 lies on a 2D image's plane
+OUTSIDE_MARGIN = 0.5  # voxels beyond the image edge still count as inside (placement on the border)
+
+
+def _check_inside(image: sitk.Image, points_lps, landmarks, role: str) -> None:
+    """Refuse landmarks outside their (2D) image by more than half a pixel: the wrong file, frame or scale."""
+    size = np.asarray(image.GetSize(), dtype=float)
+    idx = np.array([image.TransformPhysicalPointToContinuousIndex(tuple(map(float, p))) for p in points_lps])
+    out = np.any((idx < -OUTSIDE_MARGIN) | (idx > size - 1 + OUTSIDE_MARGIN), axis=1)
+    if out.any():
+        first = int(np.argmax(out))
+        raise CrossModalRegError(
+            f"{int(out.sum())} of {len(out)} {role} landmarks of '{landmarks.source}' lie outside the {role} image "
+            f"(e.g. '{landmarks.labels[first]}' at voxel {np.round(idx[first], 1).tolist()} of a "
+            f"{' x '.join(str(int(v)) for v in size)} grid): check that the file belongs to this image and its frame "
+            "(LPS or RAS) and scale")
 
 
 def read_landmark_pairs(fixed: sitk.Image, moving: sitk.Image, fixed_path: str, moving_path: str, *,
