@@ -75,6 +75,7 @@ class RegistrationResult:
     inputs: dict = field(default_factory=dict)
     started: str = ""
     threads: int | None = 1
+    preset_alias: str | None = None  # the former preset name the caller used (``presets.ALIASES``), if any
 
     def resample_moving(self, fixed: sitk.Image, moving: sitk.Image, *, interpolator=sitk.sitkLinear,
                         default_value: float | None = None) -> sitk.Image:
@@ -99,6 +100,8 @@ class RegistrationResult:
             "started": self.started,
             "preset": self.preset,
             "preset_sha256": self.preset_sha256,
+            **({"preset_alias": {"requested": self.preset_alias, "note": presets.alias_note(self.preset_alias)}}
+               if self.preset_alias else {}),
             "seed": self.seed,
             "threads": self.threads,
             "deterministic": self.threads == 1,
@@ -423,6 +426,7 @@ def register(
     _preprocess(run)
     _initialise(run)
     result = _new_result(run)
+    result.preset_alias = presets.alias_of(preset)
     result.transform_fixed_to_moving_lps = _run_stages(run, result)
     _check(run, result)
     return _finish(run, result, strict=strict)
