@@ -124,3 +124,25 @@ def test_module_upgrades_a_scene_saved_with_a_former_name(module_widget, slot_er
     assert m.ui.presetComboBox.currentText == "mr-ct-rigid"
     assert "A CT and an MR of the same head" in m.ui.presetDescriptionLabel.text
     assert not slot_errors, slot_errors
+
+
+@pytest.mark.parametrize("name", presets.available_presets())
+def test_every_preset_is_shown_with_roles_when_to_use_and_each_stage(name, capsys):
+    assert cli.main(["presets", name]) == 0
+    out = capsys.readouterr().out
+    preset = presets.load_preset(name)
+    mod = preset["modalities"]
+    assert f"fixed image: {mod['fixed']} " in out and f"moving image: {mod['moving']} " in out
+    assert "when to use:" in out and " ".join(preset["when_to_use"].split()) in " ".join(out.split())
+    stage_lines = [ln.strip() for ln in out.splitlines() if re.match(r"\s+\d+\. ", ln)]
+    assert [ln.split(": ")[0].split(". ")[1] for ln in stage_lines] == [s["type"] for s in preset["stages"]]
+
+
+def test_profile_is_shown_with_when_to_use(capsys):
+    from CrossModalRegLib.validation import profiles
+
+    for name in profiles.available_profiles():
+        assert cli.main(["profiles", name]) == 0
+        out = capsys.readouterr().out
+        prof = profiles.load_profile(name)
+        assert "when to use:" in out and " ".join(prof.description.split()) in " ".join(out.split())

@@ -25,7 +25,8 @@ def add_parser(sub):
 
 
 def _wrap(text: str, indent: str = "  ") -> str:
-    return textwrap.fill(" ".join(str(text).split()), width=100, initial_indent=indent, subsequent_indent=indent)
+    return textwrap.fill(" ".join(str(text).split()), width=100, initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False, break_long_words=False)  # keep "0.4-1.3 mm" and paths whole
 
 
 def _stage_line(stage: dict) -> str:
