@@ -238,7 +238,10 @@ class PhaseGate:
 
     def is_set(self):
         if not self.reached.is_set() and threading.current_thread() is not threading.main_thread():
-            caller = sys._getframe(1).f_code  # the code that checks for cancellation, not what called it
+            frame = sys._getframe(1)  # the code that checks for cancellation, not what called it ...
+            while frame.f_code.co_filename.endswith("progress.py"):  # ... through the progress protocol's tracker
+                frame = frame.f_back
+            caller = frame.f_code
             if caller.co_filename.endswith(self.source_file):
                 self.where = f"{caller.co_name} in {self.source_file}"
                 self.reached.set()
