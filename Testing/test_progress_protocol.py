@@ -142,3 +142,39 @@ def test_validate_reports_each_group_and_is_cancelled_through_the_callback(pair)
                   "normalized mutual information"):
         assert group in messages
     _cancelled_run(run, at=0.2)
+
+
+def _small_cohort(shared_data, folder, n=3) -> str:
+    """``n`` BrainWeb T1/PD pairs (2D) under small known shifts, and their cohort CSV."""
+    import csv
+    import os
+
+    bw = shared_data / "brainweb2d"
+    fixed = sitk.Cast(sitk.ReadImage(str(bw / "BrainT1SliceBorder20.mha")), sitk.sitkFloat32)
+    pd = sitk.Cast(sitk.ReadImage(str(bw / "BrainProtonDensitySliceBorder20.mha")), sitk.sitkFloat32)
+    sitk.WriteImage(fixed, os.path.join(folder, "fixed.mha"))
+    with open(os.path.join(folder, "cohort.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "fixed", "moving"])
+        for i in range(n):
+            moving = sitk.Resample(pd, sitk.TranslationTransform(2, (2.0 + i, -1.0)), sitk.sitkLinear, 0.0)
+            sitk.WriteImage(moving, os.path.join(folder, f"c{i}.mha"))
+            w.writerow([f"c{i}", "fixed.mha", f"c{i}.mha"])
+    return os.path.join(folder, "cohort.csv")
+
+
+@pytest.mark.shared_data
+def test_batch_reports_per_case_and_is_cancelled_through_the_callback(shared_data, tmp_path):
+    pytest.importorskip("distributed", reason="the batch extra (dask[distributed]) is not installed")
+    from CrossModalRegLib.batch import check_complete, run_cohort
+
+    cohort = _small_cohort(shared_data, tmp_path)
+    fast = {"stages.0.optimizer.iterations": 20}
+    common = dict(workers=1, overrides=fast, pictures=False, show_progress=False, dashboard_address=":0")
+    reports = _complete_run(lambda progress: run_cohort(cohort, tmp_path / "all", progress=progress, **common))
+    # one report as the cases start, one per finished case (the last just below 1.0), then 1.0 when all is written
+    assert [r.fraction for r in reports] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0, 1.0], abs=1e-5)
+    _cancelled_run(lambda progress: run_cohort(cohort, tmp_path / "cancelled", progress=progress, **common),
+                   at=0.3)
+    finished = [c for c in ("c0", "c1", "c2") if check_complete(str(tmp_path / "cancelled" / "cases" / c))[0]]
+    assert len(finished) < 3, "the cases after the cancel did not run"

@@ -415,8 +415,7 @@ def register(
         moving_landmarks=moving_landmarks, initial_transform_fixed_to_moving=initial_transform_fixed_to_moving,
         initialization_method=initialization_method, rotation_search=rotation_search,
         orientation_search=orientation_search, seed=seed, threads=threads, cancelled=tracker.cancelled), t_start)
-    run.tracker, run.inputs = tracker, _input_provenance(run)
-    tracker.set_weights(_progress_weights(run))
+    run.tracker, run.inputs = tracker.set_weights(_progress_weights(run)), _input_provenance(run)
     _preprocess(run)
     _initialise(run)
     result = _new_result(run)

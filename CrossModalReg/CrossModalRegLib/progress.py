@@ -91,7 +91,8 @@ class ProgressTracker:
         self.t0 = time.perf_counter()
         self.set_weights(weights or {})
 
-    def set_weights(self, weights: dict[str, float]) -> None:
+    def set_weights(self, weights: dict[str, float]) -> ProgressTracker:
+        """The phases and their weights (replacing any before); returns the tracker."""
         total = float(sum(weights.values())) or 1.0
         self._start: dict[str, float] = {}
         self._width: dict[str, float] = {}
@@ -100,6 +101,7 @@ class ProgressTracker:
             self._start[name] = acc / total
             self._width[name] = w / total
             acc += w
+        return self
 
     def update(self, phase: str, within: float, **info):
         within = min(max(float(within), 0.0), 1.0)
