@@ -3,8 +3,18 @@
 Every public function that can run for more than a moment takes ``progress=None`` (keyword-only) and calls
 ``progress(report)`` with a :class:`Progress` whose ``fraction`` only goes up, from 0 to exactly 1.0 in the last
 report, and whose ``message`` says what it is doing (plus stage, level and metric while an optimiser runs). This is
-what the engine, the scene registration, the pipeline and the module's progress bar already used; the validation
-functions (which passed a message string) and the expected-TRE map (a bare fraction) now use it too.
+what most callers already used (the engine, the scene registration, the pipeline, the module's progress bar), so
+the others follow it too. The functions that take it:
+
+* ``engine.register``, ``scene_registration.register_volume_nodes``, ``pipeline.run_registration_job`` (these also
+  take ``cancel``), ``initialization.rotation_search`` / ``orientation_search``;
+* ``validation.validate``, ``validation.overlap.compare_label_maps``, ``validation.scene.validate_nodes``
+  (formerly a message-string callback: the message is now ``report.message``);
+* ``landmarks.tre.expected_tre_map``, ``landmarks.mrml_layer.expected_tre_volume`` (formerly a bare fraction);
+* ``batch.run_cohort``: one report per finished case (its terminal line is ``show_progress``; the former
+  ``progress=True/False`` still means that).
+
+Tested for each in ``Testing/test_progress_protocol.py``.
 
 Cancelling goes through the same callback: a callback that raises :class:`~CrossModalRegLib.errors.
 RegistrationCancelled` stops the work at its next step, and the function raises ``RegistrationCancelled`` with
