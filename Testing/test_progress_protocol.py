@@ -178,3 +178,22 @@ def test_batch_reports_per_case_and_is_cancelled_through_the_callback(shared_dat
                    at=0.3)
     finished = [c for c in ("c0", "c1", "c2") if check_complete(str(tmp_path / "cancelled" / "cases" / c))[0]]
     assert len(finished) < 3, "the cases after the cancel did not run"
+
+
+def test_scene_registration_reports_and_a_cancel_from_the_callback_leaves_the_scene_as_it_was(pair, scene):
+    from CrossModalRegLib import mrml, scene_registration
+
+    fixed, moving, _, _ = pair
+    fixed_node = mrml.volume_node_from_image(scene, fixed, "MR")
+    moving_node = mrml.volume_node_from_image(scene, moving, "T2")
+    before = scene.GetNumberOfNodes()
+
+    def run(progress):
+        return scene_registration.register_volume_nodes(scene, fixed_node, moving_node, preset="mr-t1-t2-rigid",
+                                                        overrides=QUICK, create_resampled_volume=True,
+                                                        progress=progress, strict=False)
+
+    _cancelled_run(run, at=0.5)
+    assert scene.GetNumberOfNodes() == before and moving_node.GetParentTransformNode() is None
+    _complete_run(run)
+    assert scene.GetNumberOfNodes() > before
