@@ -267,6 +267,8 @@ class CrossModalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
+            if self._parameterNode.preset in presets.ALIASES:  # a scene saved with a former preset name
+                self._parameterNode.preset = presets.ALIASES[self._parameterNode.preset]
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
@@ -781,7 +783,7 @@ class CrossModalRegTest(ScriptedLoadableModuleTest):
         fixedNode, movingNode, truth, targets = self._phantomPair()
         logic = CrossModalRegLogic()
         p = logic.getParameterNode()
-        p.fixedVolume, p.movingVolume, p.preset = fixedNode, movingNode, "ct-mr-rigid"
+        p.fixedVolume, p.movingVolume, p.preset = fixedNode, movingNode, "mr-ct-rigid"
         fractions = []
         outputs = logic.process(p, progress=lambda pr: fractions.append(pr.fraction))
         self.assertEqual(fractions[-1], 1.0)

@@ -251,10 +251,11 @@ class CrossModalRegLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self._updateButtons()
         return result
 
-    def _progress(self, fraction) -> None:
+    def _progress(self, progress) -> None:
+        """A :class:`CrossModalRegLib.progress.Progress` report: the percentage in the status line."""
         from CrossModalRegLib.errors import RegistrationCancelled
 
-        self.ui.statusLabel.text = _("Computing: {percent:.0f}%").format(percent=100.0 * float(fraction))
+        self.ui.statusLabel.text = _("Computing: {percent:.0f}%").format(percent=100.0 * progress.fraction)
         slicer.app.processEvents()
         if self._cancelRequested:
             raise RegistrationCancelled(_("Cancelled by the user"))
@@ -734,8 +735,9 @@ class CrossModalRegLandmarksLogic(ScriptedLoadableModuleLogic):
     def computeExpectedTreMap(self, parameterNode, progress=None):
         """Expected rigid-registration TRE (mm) on the fixed volume's grid from the fixed consensus landmarks.
 
-        The output node is updated in place (never the fixed or moving volume: refused). ``progress(fraction)``
-        is called per slice; an exception from it cancels with nothing added to the scene.
+        The output node is updated in place (never the fixed or moving volume: refused). ``progress`` receives a
+        :class:`CrossModalRegLib.progress.Progress` per slice; an exception from it cancels with nothing added to
+        the scene.
         """
         import numpy as np
 

@@ -208,10 +208,12 @@ class CrossModalRegValidationWidget(ScriptedLoadableModuleWidget, VTKObservation
             self.ui.applyButton.text = applyText
             self._checkCanApply()
 
-    def _showProgress(self, message: str) -> None:
+    def _showProgress(self, progress) -> None:
+        """A :class:`CrossModalRegLib.progress.Progress` report: its message and percentage in the status line."""
         from CrossModalRegLib.errors import RegistrationCancelled
 
-        self.ui.statusLabel.text = message
+        self.ui.statusLabel.text = _("{message} ({percent:.0f}%)").format(message=progress.message,
+                                                                           percent=100.0 * progress.fraction)
         slicer.app.processEvents()  # keeps Cancel clickable; every input is locked meanwhile
         if self._cancelRequested:
             raise RegistrationCancelled(_("Validation cancelled"))

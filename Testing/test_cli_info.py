@@ -18,9 +18,9 @@ def test_presets_lists_every_bundled_preset_with_its_roles(capsys):
 
 
 def test_preset_shown_with_when_to_use_fixed_moving_and_each_stage(capsys):
-    assert cli.main(["presets", "ct-mr-rigid"]) == 0
+    assert cli.main(["presets", "mr-ct-rigid"]) == 0
     out = capsys.readouterr().out
-    preset = presets.load_preset("ct-mr-rigid")
+    preset = presets.load_preset("mr-ct-rigid")
     assert "fixed image: MR" in out and "moving image: CT" in out
     assert " ".join(preset["when_to_use"].split()[:8]) in " ".join(out.split())
     assert sum(1 for ln in out.splitlines() if ln.strip()[:2].rstrip(".").isdigit()) == len(preset["stages"])
@@ -29,7 +29,7 @@ def test_preset_shown_with_when_to_use_fixed_moving_and_each_stage(capsys):
 def test_unknown_preset_is_one_line_exit_2(capsys):
     assert cli.main(["presets", "no-such-preset"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown preset" in err[0] and "ct-mr-rigid" in err[0]
+    assert len(err) == 1 and "unknown preset" in err[0] and "mr-ct-rigid" in err[0]
 
 
 def test_profiles_list_and_show_criteria(capsys):

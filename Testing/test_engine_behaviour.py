@@ -28,7 +28,7 @@ def phantom_pair():
 
 def test_phantom_ct_to_mr_is_recovered(phantom_pair):
     fixed, moving, truth, targets = phantom_pair
-    result = engine.register(fixed, moving, preset="ct-mr-rigid")
+    result = engine.register(fixed, moving, preset="mr-ct-rigid")
     assert simulation.target_registration_errors(result.transform_fixed_to_moving_lps, truth, targets).mean() < 1.0
 
 
@@ -91,11 +91,11 @@ def test_same_inputs_and_seed_give_the_same_transform(phantom_pair):
 
 def test_provenance_records_what_is_needed_to_repeat_the_run(phantom_pair):
     fixed, moving, _, _ = phantom_pair
-    result = engine.register(fixed, moving, preset="ct-mr-rigid", seed=99)
+    result = engine.register(fixed, moving, preset="mr-ct-rigid", seed=99)
     prov = result.provenance()
     assert prov["seed"] == 99
-    assert prov["preset"]["name"] == "ct-mr-rigid"
-    assert prov["preset_sha256"] == presets.preset_sha256(presets.load_preset("ct-mr-rigid"))
+    assert prov["preset"]["name"] == "mr-ct-rigid"
+    assert prov["preset_sha256"] == presets.preset_sha256(presets.load_preset("mr-ct-rigid"))
     assert len(prov["inputs"]["fixed"]["sha256"]) == 64 and len(prov["inputs"]["moving"]["sha256"]) == 64
     assert {"SimpleITK", "numpy", "crossmodalreg"} <= set(prov["software"])
     assert prov["transform_direction"].startswith("fixed -> moving") and prov["transform_frame"] == "LPS"
@@ -192,7 +192,7 @@ def test_sanity_check_finds_folding_and_degenerate_transforms():
 
 def test_every_shipped_preset_is_valid_and_says_when_to_use_it():
     names = presets.available_presets()
-    assert {"ct-mr-rigid", "mr-pet-rigid", "mr-t1-t2-rigid", "ct-ct-rigid", "mr-us-deformable",
+    assert {"mr-ct-rigid", "mr-pet-rigid", "mr-t1-t2-rigid", "ct-ct-rigid", "mr-us-deformable",
             "histology-stain-affine-bspline"} <= set(names)
     for name in names:
         p = presets.load_preset(name)

@@ -12,7 +12,7 @@ from CrossModalRegLib import engine, simulation
 from CrossModalRegLib.geometry import fsl_flirt_matrix_to_world_lps
 
 GRIDS = {"ct": (0.9, 0.9, 2.0), "t2": (1.0, 1.2, 3.0), "pet": (2.5, 2.5, 3.0)}
-PRESETS = {"ct": "ct-mr-rigid", "t2": "mr-t1-t2-rigid", "pet": "mr-pet-rigid"}
+PRESETS = {"ct": "mr-ct-rigid", "t2": "mr-t1-t2-rigid", "pet": "mr-pet-rigid"}
 
 
 @pytest.fixture(scope="module")

@@ -109,8 +109,8 @@ def test_every_parameter_round_trips_through_its_widget(module_widget, slicer_gu
     assert ui.fixedVolumeSelector.currentNode() is moving_node
     ui.movingVolumeSelector.setCurrentNode(moving_node)
     assert p.movingVolume is moving_node
-    ui.presetComboBox.currentIndex = ui.presetComboBox.findText("ct-mr-rigid")
-    assert p.preset == "ct-mr-rigid"
+    ui.presetComboBox.currentIndex = ui.presetComboBox.findText("mr-ct-rigid")
+    assert p.preset == "mr-ct-rigid"
     p.preset = "mr-pet-rigid"
     assert ui.presetComboBox.currentText == "mr-pet-rigid"
     label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
@@ -171,8 +171,8 @@ def test_preset_when_to_use_is_shown_and_a_user_preset_file_is_used(module_widge
     m = module_widget("CrossModalReg")
     m.enter()
     p = m.widget._parameterNode
-    p.preset = "ct-mr-rigid"
-    assert presets.load_preset("ct-mr-rigid")["when_to_use"] in m.ui.presetDescriptionLabel.text
+    p.preset = "mr-ct-rigid"
+    assert presets.load_preset("mr-ct-rigid")["when_to_use"] in m.ui.presetDescriptionLabel.text
     mine = presets.load_preset("multimodal-rigid")
     mine.update(name="my-rigid", title="My rigid", when_to_use="For my scanner pair.")
     path = tmp_path / "my-rigid.json"
@@ -191,7 +191,7 @@ def test_apply_runs_with_live_preview_locks_inputs_and_creates_the_outputs(modul
     m = module_widget("CrossModalReg")
     m.enter()
     p, ui = m.widget._parameterNode, m.ui
-    p.preset, p.rotationSearch, p.createResampledVolume = "ct-mr-rigid", False, True
+    p.preset, p.rotationSearch, p.createResampledVolume = "mr-ct-rigid", False, True
     before = scene.GetNumberOfNodes()
     capfd.readouterr()
     ui.applyButton.click()
@@ -238,7 +238,10 @@ class PhaseGate:
 
     def is_set(self):
         if not self.reached.is_set() and threading.current_thread() is not threading.main_thread():
-            caller = sys._getframe(1).f_code  # the code that checks for cancellation, not what called it
+            frame = sys._getframe(1)  # the code that checks for cancellation, not what called it ...
+            while frame.f_code.co_filename.endswith("progress.py"):  # ... through the progress protocol's tracker
+                frame = frame.f_back
+            caller = frame.f_code
             if caller.co_filename.endswith(self.source_file):
                 self.where = f"{caller.co_name} in {self.source_file}"
                 self.reached.set()
@@ -248,9 +251,9 @@ class PhaseGate:
 
 @pytest.mark.parametrize("phase_file, preset", [
     ("preprocessing.py", "user file with N4"),  # N4 bias correction (no shipped preset enables it)
-    ("initialization.py", "ct-mr-rigid"),  # rotation search
-    ("engine.py", "ct-mr-rigid"),  # optimiser iterations
-    ("scene_registration.py", "ct-mr-rigid"),  # after the engine: sanity checks done, resampling next
+    ("initialization.py", "mr-ct-rigid"),  # rotation search
+    ("engine.py", "mr-ct-rigid"),  # optimiser iterations
+    ("scene_registration.py", "mr-ct-rigid"),  # after the engine: sanity checks done, resampling next
 ])
 def test_cancel_in_every_phase_leaves_the_scene_as_it_was(module_widget, slicer_gui, slot_errors, phantom,
                                                           monkeypatch, tmp_path, phase_file, preset):
@@ -265,7 +268,7 @@ def test_cancel_in_every_phase_leaves_the_scene_as_it_was(module_widget, slicer_
     m.enter()
     p, ui = m.widget._parameterNode, m.ui
     if preset == "user file with N4":
-        data = presets.load_preset("ct-mr-rigid")
+        data = presets.load_preset("mr-ct-rigid")
         data["preprocessing"]["moving"]["n4_bias_correction"] = {"shrink": 2, "iterations": [10]}
         (tmp_path / "n4.json").write_text(json.dumps(data))
         p.presetFile = str(tmp_path / "n4.json")
@@ -295,7 +298,7 @@ def test_cancel_with_a_new_output_removes_it(module_widget, slicer_gui, phantom,
     m = module_widget("CrossModalReg")
     m.enter()
     p = m.widget._parameterNode
-    p.preset, p.rotationSearch = "ct-mr-rigid", False
+    p.preset, p.rotationSearch = "mr-ct-rigid", False
     state = _scene_state(scene, moving_node)
     gate = PhaseGate("engine.py")
     monkeypatch.setattr(m.module.RegistrationJob, "eventFactory", lambda: gate)
@@ -312,7 +315,7 @@ def test_closing_the_scene_during_a_run_stops_it(module_widget, slicer_gui, phan
     m = module_widget("CrossModalReg")
     m.enter()
     p = m.widget._parameterNode
-    p.preset, p.rotationSearch = "ct-mr-rigid", False
+    p.preset, p.rotationSearch = "mr-ct-rigid", False
     gate = PhaseGate("engine.py")
     monkeypatch.setattr(m.module.RegistrationJob, "eventFactory", lambda: gate)
     m.ui.applyButton.click()

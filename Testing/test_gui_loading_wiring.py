@@ -23,8 +23,8 @@ def test_loading_the_phantom_fills_fixed_moving_and_preset(module_widget, slicer
     assert not m.ui.guessRolesLabel.isHidden()
     assert m.ui.fixedVolumeSelector.currentNode() is fixed
     assert m.ui.movingVolumeSelector.currentNode() is moving
-    assert m.ui.presetComboBox.currentText == "ct-mr-rigid"
+    assert m.ui.presetComboBox.currentText == "mr-ct-rigid"
     assert "A CT and an MR of the same head" in m.ui.presetDescriptionLabel.text  # when_to_use shown
-    assert "Hounsfield" in text and "'ct-mr-rigid' is made for MR (fixed) with CT (moving)" in text
+    assert "Hounsfield" in text and "'mr-ct-rigid' is made for MR (fixed) with CT (moving)" in text
     assert m.ui.applyButton.enabled
     assert not slot_errors, slot_errors

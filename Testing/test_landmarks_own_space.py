@@ -264,9 +264,9 @@ def test_expected_tre_map_can_be_cancelled_midway(scene, two_images):
     n_volumes = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
     seen = []
 
-    def progress(fraction):
-        seen.append(fraction)
-        if fraction > 0.3:
+    def progress(p):
+        seen.append(p.fraction)
+        if p.fraction > 0.3:
             raise KeyboardInterrupt("cancel")
 
     with pytest.raises(KeyboardInterrupt):

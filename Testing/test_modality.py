@@ -59,7 +59,7 @@ def test_simulated_ct_and_pet_are_recognised(scene, shared_data, simulated):
 @pytest.mark.parametrize("first, second, preset, fixed", [
     ("resect US", "resect MR", "mr-us-deformable", "resect MR"),
     ("T1 (epi_t1)", "EPI", "mr-epi-t1-rigid", "EPI"),
-    ("simulated CT", "Colin27 T1", "ct-mr-rigid", "Colin27 T1"),
+    ("simulated CT", "Colin27 T1", "mr-ct-rigid", "Colin27 T1"),
     ("simulated PET", "MNI152 T1", "mr-pet-rigid", "MNI152 T1"),
     ("MNI152 T1", "Colin27 T1", "mr-t1-t2-rigid", "MNI152 T1"),
 ])

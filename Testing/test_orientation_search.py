@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from CrossModalRegLib import engine, initialization, simulation
 
 GRIDS = {"ct": (1.8, 1.8, 2.0), "t2": (2.0, 2.4, 3.0), "pet": (2.5, 2.5, 3.0)}
-PRESETS = {"ct": "ct-mr-rigid", "t2": "mr-t1-t2-rigid", "pet": "mr-pet-rigid"}
+PRESETS = {"ct": "mr-ct-rigid", "t2": "mr-t1-t2-rigid", "pet": "mr-pet-rigid"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_without_the_search_the_turn_is_not_recovered(mni152_2mm):
     """The case above needs the orientation search: the +-30 degree rotation search alone cannot reach 180."""
     t1, model = mni152_2mm
     moving, truth, targets = turned_pair(t1, model, "ct", 1, 180, seed=180 + 7)
-    result = engine.register(t1, moving, preset="ct-mr-rigid", orientation_search=False, strict=False, threads=2)
+    result = engine.register(t1, moving, preset="mr-ct-rigid", orientation_search=False, strict=False, threads=2)
     errors = simulation.target_registration_errors(result.transform_fixed_to_moving_lps, truth, targets)
     assert "orientation_search" not in result.initialization
     assert errors.mean() > 20.0

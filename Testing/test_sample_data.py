@@ -78,4 +78,4 @@ def test_the_custom_downloader_renders_the_pair_with_its_ground_truth(scene):
     assert np.max(np.linalg.norm(pts_m - pts_f, axis=1)) > 5.0  # a real misalignment to recover
     assert (guess_modality(fixed).modality, guess_modality(moving).modality) == ("MR", "CT")
     f, m, preset, reasons, warnings = guess_roles_and_preset(scene, [moving, fixed])
-    assert (f, m, preset) == (fixed, moving, "ct-mr-rigid") and not warnings
+    assert (f, m, preset) == (fixed, moving, "mr-ct-rigid") and not warnings

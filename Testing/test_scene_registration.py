@@ -62,7 +62,7 @@ def test_3d_oblique_result_maps_fixed_ras_to_moving_ras_as_the_lps_transform_say
                                       rng=rng, oblique_deg=25.0)
     fixed_node = mrml.volume_node_from_image(scene, fixed, "MR")
     moving_node = mrml.volume_node_from_image(scene, moving, "CT")
-    out = scene_registration.register_volume_nodes(scene, fixed_node, moving_node, preset="ct-mr-rigid")
+    out = scene_registration.register_volume_nodes(scene, fixed_node, moving_node, preset="mr-ct-rigid")
     targets = simulation.points_in_mask(model.brain_mask(), 200, rng)
     via_slicer = geometry.ras_to_lps_points(
         mrml.transform_ras_points_from_parent(out.transform_node, geometry.lps_to_ras_points(targets)))

@@ -74,9 +74,9 @@ def test_a_cancel_at_any_stage_leaves_the_scene_unchanged(scene, case, stage):
     counts = _counts(scene)
     seen = []
 
-    def progress(message):
-        seen.append(message)
-        if message == stage:
+    def progress(p):
+        seen.append(p.message)
+        if p.message == stage:
             raise RegistrationCancelled("cancelled")
 
     with pytest.raises(RegistrationCancelled):

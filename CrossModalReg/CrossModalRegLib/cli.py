@@ -9,9 +9,11 @@ and exits with 2, having written nothing; a failed registration exits 3; SIGINT/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import signal
 import sys
+import warnings
 
 from .errors import CrossModalRegError, RegistrationCancelled, RegistrationFailed
 
@@ -53,8 +55,28 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    with signals.installed():
+    with signals.installed(), _preset_alias_notes():
         return _run(args)
+
+
+@contextlib.contextmanager
+def _preset_alias_notes():
+    """A former preset name (``presets.ALIASES``) prints one note line on stderr, once, instead of a warning."""
+    from .presets import PresetAliasWarning
+
+    with warnings.catch_warnings():
+        shown, noted = warnings.showwarning, set()
+
+        def show(message, category, *rest, **kw):
+            if not issubclass(category, PresetAliasWarning):
+                shown(message, category, *rest, **kw)
+            elif str(message) not in noted:
+                noted.add(str(message))
+                print(f"crossmodalreg: note: {message}", file=sys.stderr)
+
+        warnings.simplefilter("always", PresetAliasWarning)
+        warnings.showwarning = show
+        yield
 
 
 def _run(args) -> int:

@@ -75,6 +75,7 @@ class RegistrationResult:
     inputs: dict = field(default_factory=dict)
     started: str = ""
     threads: int | None = 1
+    preset_alias: str | None = None  # the former preset name the caller used (``presets.ALIASES``), if any
 
     def resample_moving(self, fixed: sitk.Image, moving: sitk.Image, *, interpolator=sitk.sitkLinear,
                         default_value: float | None = None) -> sitk.Image:
@@ -99,6 +100,8 @@ class RegistrationResult:
             "started": self.started,
             "preset": self.preset,
             "preset_sha256": self.preset_sha256,
+            **({"preset_alias": {"requested": self.preset_alias, "note": presets.alias_note(self.preset_alias)}}
+               if self.preset_alias else {}),
             "seed": self.seed,
             "threads": self.threads,
             "deterministic": self.threads == 1,
@@ -115,14 +118,6 @@ class RegistrationResult:
         }
 
 
-def _cancel_checker(cancel):
-    if cancel is None:
-        return lambda: False
-    if hasattr(cancel, "is_set"):
-        return cancel.is_set
-    if callable(cancel):
-        return lambda: bool(cancel())
-    raise TypeError("cancel must be None, a threading.Event-like object or a callable returning bool")
 
 
 def _level_factors(fixed: sitk.Image, stage: dict) -> list[float]:
@@ -397,6 +392,7 @@ def register(
         Seed of every random sampler: the same inputs and seed give the same transform.
     progress : callable(Progress), optional
         Called with a :class:`~CrossModalRegLib.progress.Progress`; its fraction only goes up and ends at 1.
+        Raising ``RegistrationCancelled`` from it cancels the run like ``cancel`` (see :mod:`.progress`).
     cancel : threading.Event or callable, optional
         When set (or returning True) the run stops within about a second and raises ``RegistrationCancelled``.
     strict : bool
@@ -412,17 +408,18 @@ def register(
     RegistrationResult
         ``transform_fixed_to_moving_lps`` maps fixed-space points to moving-space points (LPS mm).
     """
-    t_start, cancelled = time.perf_counter(), _cancel_checker(cancel)
+    t_start, tracker = time.perf_counter(), ProgressTracker(progress, cancel=cancel)
     preset_dict = presets.apply_overrides(presets.load_preset(preset), overrides)
     run = _Run(_validated_run(
         fixed, moving, preset_dict, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_landmarks=fixed_landmarks,
         moving_landmarks=moving_landmarks, initial_transform_fixed_to_moving=initial_transform_fixed_to_moving,
         initialization_method=initialization_method, rotation_search=rotation_search,
-        orientation_search=orientation_search, seed=seed, threads=threads, cancelled=cancelled), t_start)
-    run.tracker, run.inputs = _progress_tracker(run, progress), _input_provenance(run)
+        orientation_search=orientation_search, seed=seed, threads=threads, cancelled=tracker.cancelled), t_start)
+    run.tracker, run.inputs = tracker.set_weights(_progress_weights(run)), _input_provenance(run)
     _preprocess(run)
     _initialise(run)
     result = _new_result(run)
+    result.preset_alias = presets.alias_of(preset)
     result.transform_fixed_to_moving_lps = _run_stages(run, result)
     _check(run, result)
     return _finish(run, result, strict=strict)
@@ -476,7 +473,7 @@ def _check_initial_transform(tx: sitk.Transform, dim: int) -> None:
         raise CrossModalRegError("the initial transform must be linear (rigid or affine)")
 
 
-def _progress_tracker(run: _Run, progress) -> ProgressTracker:
+def _progress_weights(run: _Run) -> dict[str, float]:
     """The progress weights of the steps: preprocessing, initialisation (more with searches) and each stage by
     its estimated cost; also stores the stages' per-level costs in ``run.stage_costs``."""
     weights = {"preprocess": 0.03 * 1e6,
@@ -485,7 +482,7 @@ def _progress_tracker(run: _Run, progress) -> ProgressTracker:
     total_stage = sum(sum(c) for c in run.stage_costs) or 1.0
     for i, c in enumerate(run.stage_costs):
         weights[f"stage{i}"] = 0.80 * 1e6 * sum(c) / total_stage
-    return ProgressTracker(progress, weights)
+    return weights
 
 
 def _input_provenance(run: _Run) -> dict:
@@ -570,7 +567,7 @@ def _search(run: _Run, current: sitk.Transform, kind: str, report) -> sitk.Trans
     with _metric_threads(o.threads):
         current, info = search(run.fixed_p, run.moving_p, current, metric=o.stages[0]["metric"],
                                config=dict(o.init_cfg.get(kind, {})), seed=o.seed, fixed_mask=o.fixed_mask,
-                               moving_mask=o.moving_mask, cancelled=o.cancelled, report=report)
+                               moving_mask=o.moving_mask, progress=lambda p: report(p.fraction), cancel=o.cancelled)
     run.init_info[kind] = info
     return current
 

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from .errors import CrossModalRegError, NoOverlapError, RegistrationCancelled
 from .preprocessing import foreground_mask
+from .progress import ProgressTracker
 
 
 def _rigid(dim):
@@ -168,14 +169,23 @@ def coarse_copy(image, spacing_mm: float) -> sitk.Image:
 
 
 
+def _search_progress(progress, cancel):
+    """The searches' ``report(fraction)``, ``cancelled()`` and ``finish()`` from the library's progress protocol."""
+    tracker = ProgressTracker(progress, {"search": 1.0}, cancel=cancel)
+    return (lambda f: tracker.update("search", f, message="searching")), tracker.cancelled, tracker.finish
+
+
 def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=None, moving_mask=None,
-                    cancelled=lambda: False, report=lambda f: None):
+                    progress=None, cancel=None):
     """Coarse search over rotations about the start's centre, for large initial misalignment.
 
     Evaluates the metric on a coarse copy of both images for a grid of rotations (every ``step_deg`` up to
     ``max_angle_deg`` about each axis), then refines the ``top_k`` best with a short rigid optimisation at that
-    resolution and keeps the best. Returns (transform fixed -> moving LPS, info dict).
+    resolution and keeps the best. Returns (transform fixed -> moving LPS, info dict). ``progress`` receives
+    :class:`~CrossModalRegLib.progress.Progress` reports; it (by raising ``RegistrationCancelled``) or ``cancel``
+    stops the search with ``RegistrationCancelled``.
     """
+    report, cancelled, finish = _search_progress(progress, cancel)
     from .metrics import metric_method
 
     dim = fixed.GetDimension()
@@ -268,6 +278,7 @@ def rotation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=No
         best = start
     info = {"candidates": len(grid), "refined": len(chosen), "coarse_spacing_mm": coarse_mm,
             "best_start_angles_deg": best[2], "best_coarse_metric": best[0], "start_coarse_metric": start[0]}
+    finish("rotation search done")
     return best[1], info
 
 
@@ -365,7 +376,7 @@ def describe_rotation(r: np.ndarray) -> str:
 
 
 def orientation_search(fixed, moving, start, *, metric, config, seed, fixed_mask=None, moving_mask=None,
-                       cancelled=lambda: False, report=lambda f: None):
+                       progress=None, cancel=None):
     """Try every axis-aligned orientation (24 in 3D) of the moving image about the start's centre; keep the best.
 
     For scans whose headers do not say that one was acquired turned (head-first vs feet-first, prone vs supine):
@@ -376,8 +387,9 @@ def orientation_search(fixed, moving, start, *, metric, config, seed, fixed_mask
     refined by a short rigid optimisation at that resolution, and the best refined value wins, but the start's
     orientation is kept unless another is better by ``keep_start_margin`` (fraction of |metric|, default 2%):
     a near-tie is no reason to turn a scan. Returns (transform fixed -> moving LPS, info dict with the chosen
-    orientation as a matrix and in words).
+    orientation as a matrix and in words). ``progress`` and ``cancel`` as for :func:`rotation_search`.
     """
+    report, cancelled, finish = _search_progress(progress, cancel)
     import time
 
     from .metrics import metric_method
@@ -457,5 +469,6 @@ def orientation_search(fixed, moving, start, *, metric, config, seed, fixed_mask
         if len(refined) > 1 else None,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    finish("orientation search done")
     # The chosen orientation as a fresh start (not the coarse refinement: the rotation search and the stages refine).
     return candidate(q), info

@@ -4,7 +4,7 @@ A preset file (``presets/<name>.json``) has::
 
     {
       "schema_version": 1,                  # version of this file format
-      "name": "ct-mr-rigid", "version": "1.0.0",
+      "name": "mr-ct-rigid", "version": "1.0.0",
       "title": "...", "when_to_use": "...", "modalities": {"fixed": "MR", "moving": "CT"},
       "dimension": 3,                       # 2, 3 or "any"
       "preprocessing": {"fixed": {...}, "moving": {...}},
@@ -16,6 +16,14 @@ A preset file (``presets/<name>.json``) has::
                    "optimizer": {...}, "shrink_factors": [...] or "level_spacing_mm": [...] (linear stages),
                    "smoothing_sigmas_mm": [...], ...}, ... ]
     }
+
+Names and titles: a preset is named ``<fixed>-<moving>-<model>`` with the FIXED modality first (``mr-ct-rigid``:
+MR fixed, CT moving; ``mr-t1-t2-rigid``: T1 fixed, T2 moving; ``us-mr-mind-rigid``: ultrasound fixed), or
+``multimodal-<model>`` / ``histology-stain-<model>`` when either image may be anything; its ``title`` says
+"<MOVING> onto <FIXED>, <model>" (the moving image is moved onto the fixed one). A renamed preset keeps its old name
+in :data:`ALIASES` for a release: :func:`load_preset` accepts it, returns the same preset and emits a
+:class:`PresetAliasWarning` (the command line prints it as a one-line note), and :func:`alias_of` tells the engine
+to record the old name in the provenance.
 
 Preprocessing keys (each optional): ``grey`` ("luminance" | "optical_density") for RGB input,
 ``clip_range`` [lo, hi] in the image's units, ``clip_percentiles`` [lo, hi], ``n4_bias_correction``
@@ -41,6 +49,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 
 from . import preset_schema
 from .errors import CrossModalRegError
@@ -54,9 +63,29 @@ INIT_METHODS = ("moments", "geometry", "landmarks", "none")
 GREY_MODES = ("luminance", "optical_density")
 
 
+# Former name -> current name. Each is accepted, with a deprecation note, until version ALIASES_REMOVED_IN.
+ALIASES = {"ct-mr-rigid": "mr-ct-rigid"}
+ALIASES_REMOVED_IN = "0.3"
+
+
+class PresetAliasWarning(FutureWarning):
+    """A preset was asked for by a former name (:data:`ALIASES`): it still works, the message says the new name."""
+
+
 def available_presets() -> list[str]:
-    """Names of the presets shipped with the package, sorted."""
+    """Names of the presets shipped with the package, sorted (former names in :data:`ALIASES` not included)."""
     return sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith(".json"))
+
+
+def alias_of(name_or_path) -> str | None:
+    """The former name ``name_or_path`` is, when it is one of :data:`ALIASES`; otherwise None."""
+    return name_or_path if isinstance(name_or_path, str) and name_or_path in ALIASES else None
+
+
+def alias_note(alias: str) -> str:
+    """The one-line deprecation note for a former preset name."""
+    return (f"preset name '{alias}' is deprecated: it is now '{ALIASES[alias]}' (the same preset, named "
+            f"<fixed>-<moving>-<model>); the old name goes in version {ALIASES_REMOVED_IN}")
 
 
 def load_preset(name_or_path) -> dict:
@@ -66,6 +95,9 @@ def load_preset(name_or_path) -> dict:
         source = "<dict>"
     else:
         path = str(name_or_path)
+        if alias_of(path):
+            warnings.warn(alias_note(path), PresetAliasWarning, stacklevel=2)
+            path = ALIASES[path]
         if not path.endswith(".json") and os.sep not in path:
             path = os.path.join(PRESET_DIR, path + ".json")
             if not os.path.isfile(path):

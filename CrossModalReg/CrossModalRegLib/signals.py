@@ -74,7 +74,7 @@ def deferred():
 
 def with_signals(cancel):
     """A cancel check for ``engine.register`` that is also true once a signal was received."""
-    from .engine import _cancel_checker
+    from .progress import cancel_checker
 
-    user = _cancel_checker(cancel)
+    user = cancel_checker(cancel)
     return lambda: _state["signum"] is not None or user()

@@ -26,7 +26,7 @@ from CrossModalRegLib.geometry import fsl_flirt_matrix_to_world_lps  # noqa: E40
 DEFAULT_DATA = os.path.abspath(os.path.join(REPO, "..", "shared", "data"))
 
 RIGID_GRIDS = {"ct": (0.9, 0.9, 2.0), "t2": (1.0, 1.2, 3.0), "pet": (2.5, 2.5, 3.0)}
-RIGID_PRESETS = {"ct": "ct-mr-rigid", "t2": "mr-t1-t2-rigid", "pet": "mr-pet-rigid"}
+RIGID_PRESETS = {"ct": "mr-ct-rigid", "t2": "mr-t1-t2-rigid", "pet": "mr-pet-rigid"}
 DEFORMABLE_GRID = (1.1, 1.1, 1.6)
 
 

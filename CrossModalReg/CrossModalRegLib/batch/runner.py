@@ -30,7 +30,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ..errors import CrossModalRegError
+from ..errors import CrossModalRegError, RegistrationCancelled
+from ..progress import ProgressCallback, ProgressTracker
 from .case import (
     FAIL_ERROR,
     FAIL_INPUT,
@@ -102,8 +103,11 @@ def default_workers() -> int:
 class CohortProgress:
     """Cohort progress on a terminal (one updating line) or as plain lines when not a terminal."""
 
-    def __init__(self, total: int, *, stream=None, enabled: bool = True, min_interval_s: float = 10.0):
+    def __init__(self, total: int, *, stream=None, enabled: bool = True, min_interval_s: float = 10.0,
+                 callback: ProgressCallback | None = None):
         self.total = total
+        self.tracker = ProgressTracker(callback, {"cases": 1.0})  # the library's protocol, per finished case
+        self._reported = None
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -120,8 +124,6 @@ class CohortProgress:
             self.stream.flush()
 
     def update(self, done: int, failed: int, running: int, *, force: bool = False):
-        if not self.enabled:
-            return
         elapsed = time.perf_counter() - self.t0
         finished = done + failed
         left = self.total - finished
@@ -129,6 +131,11 @@ class CohortProgress:
         state = (done, failed, running)
         line = (f"cohort: {finished}/{self.total} finished ({done} ok, {failed} failed), {running} running, "
                 f"{max(0, left - running)} queued; elapsed {_hms(elapsed)}, time left ~{eta if left else '0:00'}")
+        if self._reported != (done, failed):  # a callback raising RegistrationCancelled stops the cohort here
+            self._reported = (done, failed)
+            self.tracker.step("cases", finished / max(1, self.total), message=line)
+        if not self.enabled:
+            return
         if self.tty:
             self.stream.write("\r\033[K" + line)
             self.stream.flush()
@@ -251,7 +258,8 @@ def run_cohort(cohort, output_dir: str, *, workers: int | None = None, scheduler
                retry_failed: bool = False, profile: str | None = None, pictures: bool = True,
                default_preset: str = "multimodal-rigid", overrides: dict | None = None, itk_threads: int = 1,
                retries: int = 2, allowed_worker_deaths: int = 3, verify: str = "checksum",
-               progress: bool = True, stream=None, dashboard_address: str = ":8787") -> CohortRun:
+               progress: ProgressCallback | None = None, show_progress: bool = True, stream=None,
+               dashboard_address: str = ":8787") -> CohortRun:
     """Register every case of a cohort on Dask, then write the QC table, the HTML report and a JSON summary.
 
     Parameters
@@ -276,7 +284,16 @@ def run_cohort(cohort, output_dir: str, *, workers: int | None = None, scheduler
         scheduler uses its own ``distributed.scheduler.allowed-failures``).
     verify : {"checksum", "size", "exists"}
         How finished case folders are checked before being skipped.
+    progress : callable(Progress), optional
+        The library's progress protocol (:mod:`CrossModalRegLib.progress`): a report each time a case finishes
+        (fraction = finished / to run, message = the cohort line). Raising ``RegistrationCancelled`` from it
+        cancels the cases still queued or running (finished ones are kept: a rerun resumes) and raises it.
+        ``True``/``False`` here mean ``show_progress`` (the meaning before version 0.2).
+    show_progress : bool
+        The cohort line on ``stream`` (stderr by default): one updating line on a terminal, plain lines otherwise.
     """
+    if isinstance(progress, bool):  # the former meaning of ``progress``: the terminal line on or off
+        show_progress, progress = progress, None
     t0 = time.perf_counter()
     stream = stream or sys.stderr
     output_dir = os.path.abspath(output_dir)
@@ -303,7 +320,7 @@ def run_cohort(cohort, output_dir: str, *, workers: int | None = None, scheduler
     check_reused_folder(output_dir, inputs=[p for c in cases for p in c.files().values()], replaced="cases")
     os.makedirs(os.path.join(output_dir, "cases"), exist_ok=True)
     run = CohortRun(output_dir=output_dir, records=[])
-    prog = CohortProgress(len(cases), stream=stream, enabled=progress)
+    prog = CohortProgress(len(cases), stream=stream, enabled=show_progress, callback=progress)
     with _lock(output_dir):
         removed = clean_stale(output_dir)
         if removed:
@@ -338,6 +355,7 @@ def run_cohort(cohort, output_dir: str, *, workers: int | None = None, scheduler
     prog.say(f"cohort: {len(cases)} case(s): {len(cases) - n_fail} ok, {n_fail} failed, {n_rev} need review "
              f"({len(run.ran)} run now, {len(run.skipped)} skipped) in {_hms(run.elapsed_s)}")
     prog.say(f"QC table: {run.qc_table}\nreport: {run.report}")
+    prog.tracker.finish("cohort done")
     return run
 
 
@@ -389,7 +407,7 @@ def _run_on_dask(to_run, output_dir, options, run, prog, *, workers, scheduler, 
             if pending:
                 time.sleep(0.2)
         prog.close()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RegistrationCancelled):
         prog.say("interrupted: cancelling the cases still running; finished cases are kept (rerun to resume)")
         with contextlib.suppress(Exception):
             client.cancel(list(futures))

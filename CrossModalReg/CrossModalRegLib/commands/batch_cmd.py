@@ -58,7 +58,7 @@ def run(args) -> int:
         args.cohort, args.output_dir, workers=args.workers, scheduler=args.scheduler,
         retry_failed=args.retry_failed, profile=args.profile, pictures=not args.no_pictures,
         default_preset=args.preset, overrides=parse_overrides(args.set), itk_threads=args.itk_threads,
-        retries=args.retries, verify=args.verify, progress=not args.no_progress,
+        retries=args.retries, verify=args.verify, show_progress=not args.no_progress,
     )
     n = len(result.records)
     print(f"{n - len(result.failed)}/{n} case(s) succeeded, {len(result.failed)} failed, "

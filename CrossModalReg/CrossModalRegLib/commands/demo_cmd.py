@@ -29,7 +29,7 @@ def add_parser(sub):
 
 CASES = [
     # name, modality, preset, spacing of the moving grid (mm)
-    ("ct_to_mr", "ct", "ct-mr-rigid", (0.8, 0.8, 2.5)),
+    ("ct_to_mr", "ct", "mr-ct-rigid", (0.8, 0.8, 2.5)),
     ("pet_to_mr", "pet", "mr-pet-rigid", (3.0, 3.0, 3.0)),
     ("t2_to_mr", "t2", "mr-t1-t2-rigid", (1.2, 1.0, 3.5)),
 ]

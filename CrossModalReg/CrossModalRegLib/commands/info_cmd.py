@@ -25,7 +25,8 @@ def add_parser(sub):
 
 
 def _wrap(text: str, indent: str = "  ") -> str:
-    return textwrap.fill(" ".join(str(text).split()), width=100, initial_indent=indent, subsequent_indent=indent)
+    return textwrap.fill(" ".join(str(text).split()), width=100, initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False, break_long_words=False)  # keep "0.4-1.3 mm" and paths whole
 
 
 def _stage_line(stage: dict) -> str:
@@ -42,13 +43,18 @@ def _stage_line(stage: dict) -> str:
 
 
 def describe_preset(preset: dict) -> str:
-    """A preset as the terminal shows it: title, fixed/moving, dimension, when to use, initialisation, stages."""
+    """A preset as the terminal shows it: title, fixed/moving, dimension, former names, when to use,
+    initialisation, stages."""
+    from ..presets import ALIASES
+
     mod = preset.get("modalities", {})
     init = preset.get("initialization", {})
+    former = [old for old, new in ALIASES.items() if new == preset.get("name")]
     lines = [
         f"{preset['name']} {preset.get('version', '')}: {preset.get('title', '')}",
         f"  fixed image: {mod.get('fixed', 'any')}    moving image: {mod.get('moving', 'any')}    "
         f"dimension: {preset.get('dimension', 'any')}",
+        *([f"  former name (deprecated, still accepted): {', '.join(former)}"] if former else []),
         "  when to use:",
         _wrap(preset.get("when_to_use", "(not stated)"), "    "),
         f"  initialisation: {init.get('method', 'moments')}"
@@ -70,6 +76,11 @@ def run_presets(args) -> int:
         mod = p.get("modalities", {})
         print(f"{name:34s} fixed {mod.get('fixed', 'any'):>14s} | moving {mod.get('moving', 'any'):14s} "
               f"{p.get('title', '')}")
+    if presets.ALIASES:
+        print(f"\nFormer names, still accepted (removed in version {presets.ALIASES_REMOVED_IN}; names are "
+              "<fixed>-<moving>-<model>):")
+        for old, new in sorted(presets.ALIASES.items()):
+            print(f"  {old:32s} -> {new}")
     print("\n`crossmodalreg presets NAME` shows one preset with its when-to-use text and stages.")
     return 0
 
@@ -80,7 +91,8 @@ def run_profiles(args) -> int:
     if args.name:
         prof = profiles.load_profile(args.name)
         print(f"{prof.name} {prof.version} ({prof.source})")
-        print(_wrap(prof.description or "(no description)"))
+        print("  when to use:")
+        print(_wrap(prof.description or "(no description)", "    "))
         print("  criteria (all must pass):")
         for c in prof.criteria:
             print(f"    {c.measure} {c.text()}" + (f": {c.description}" if c.description else ""))

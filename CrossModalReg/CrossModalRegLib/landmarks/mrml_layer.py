@@ -471,8 +471,9 @@ def expected_tre_volume(scene, fiducials_lps, reference_volume_node, fle_rms: fl
     """Scalar volume (mm) of the expected rigid-registration TRE on the reference volume's grid.
 
     ``node`` (the output chosen by the user or made by an earlier run) is updated in place; it must not be the
-    reference volume itself (refused: the image would be overwritten). ``progress(fraction)`` is called per slice;
-    an exception from it (a cancel) stops the computation before anything is added to the scene.
+    reference volume itself (refused: the image would be overwritten). ``progress`` receives a
+    :class:`~CrossModalRegLib.progress.Progress` per slice; ``RegistrationCancelled`` (or any exception) raised from
+    it stops the computation before anything is added to the scene.
     """
     from .tre import expected_tre_map
 

@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import CrossModalRegError
+from ..progress import ProgressTracker
 
 
 def _axes(fiducials):
@@ -94,8 +95,10 @@ def expected_tre_map(fiducials, reference_image: sitk.Image, fle_rms: float, *, 
     """Expected RMS TRE at every voxel centre of ``reference_image`` (float32 image on its grid).
 
     ``fiducials`` are in the reference image's physical frame (LPS mm; for a 2D image, its physical 2D frame).
-    ``progress(fraction)`` is called after every slice; an exception it raises (a cancel) stops the computation.
+    ``progress`` (the library's protocol, :mod:`CrossModalRegLib.progress`) receives a report after every slice;
+    ``RegistrationCancelled`` (or any exception) raised from it stops the computation.
     """
+    tracker = ProgressTracker(progress, {"slices": 1.0})
     x, c, axes = _axes(fiducials)
     dim = reference_image.GetDimension()
     if x.shape[1] != dim:
@@ -117,10 +120,11 @@ def expected_tre_map(fiducials, reference_image: sitk.Image, fle_rms: float, *, 
             out[k] = tre
         else:
             out[:] = tre
-        if progress is not None:
-            progress((k + 1) / (size[2] if dim == 3 else 1))
+        n = size[2] if dim == 3 else 1
+        tracker.step("slices", (k + 1) / n, message=f"expected TRE: slice {k + 1} of {n}")
     image = sitk.GetImageFromArray(out)
     image.CopyInformation(reference_image)
+    tracker.finish("expected TRE map computed")
     return image
 
 

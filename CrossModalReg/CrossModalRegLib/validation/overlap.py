@@ -21,7 +21,7 @@ A and B plus a one-voxel margin, with one exact Euclidean distance transform (Ma
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import CrossModalRegError
+from ..progress import ProgressCallback, ProgressTracker
 
 _MAX_DENSE_LABEL = 1 << 20
 
@@ -178,7 +179,7 @@ def compare_label_maps(
     label_names: Mapping[int, str] | None = None,
     distances: bool = True,
     keep_warped: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> LabelComparison:
     """Dice before and after, Hausdorff, HD95, MSSD and volumes for every label of two label maps.
 
@@ -198,18 +199,19 @@ def compare_label_maps(
         Compute Hausdorff, HD95 and MSSD (after registration).
     keep_warped : bool
         Keep the warped moving label map in the result.
-    progress : callable, optional
-        Called with a short message between stages.
+    progress : callable(Progress), optional
+        The library's progress protocol (:mod:`CrossModalRegLib.progress`): reports after the resampling and after
+        each label's distances; raising ``RegistrationCancelled`` from it stops the comparison.
 
     Returns
     -------
     LabelComparison
         Volumes in mm^3 (fixed and warped on the fixed grid, moving on its own grid), distances in mm.
     """
-    say = progress or (lambda msg: None)
+    tracker = ProgressTracker(progress, {"resample": 1.0, "distances": 4.0 if distances else 0.0})
     a = _label_array(fixed_labels, "fixed")
     m = _label_array(moving_labels, "moving")
-    say("resampling the moving label map onto the fixed grid")
+    tracker.step("resample", 0.0, message="resampling the moving label map onto the fixed grid")
     before_img = resample_labels(moving_labels, fixed_labels, None)
     after_img = resample_labels(moving_labels, fixed_labels, transform_fixed_to_moving_lps)
     b0 = _label_array(before_img, "moving")
@@ -234,7 +236,7 @@ def compare_label_maps(
                                  "check the transform direction and that both images are in the same space")
     vf, vm = _voxel_volume(fixed_labels), _voxel_volume(moving_labels)
     spacing = fixed_labels.GetSpacing()
-    say("computing distances per label")
+    tracker.step("distances", 0.0, message="computing distances per label")
     boxes_a = bounding_boxes(fixed_labels, n) if distances else None
     boxes_b = bounding_boxes(after_img, n) if distances else None
     names = dict(label_names or {})
@@ -274,11 +276,24 @@ def compare_label_maps(
             lab, sl = item
             return lab, surface_distances(a[sl] == lab, b[sl] == lab, spacing)
 
-        workers = max(1, min(len(jobs), os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            found = dict(pool.map(work, sorted(jobs.items())))
+        found = _distances_per_label(work, sorted(jobs.items()), tracker)
         for row in rows:
             sd = found.get(row.label)
             if sd is not None:
                 row.hausdorff_mm, row.hd95_mm, row.mssd_mm = sd.hausdorff_mm, sd.hd95_mm, sd.mssd_mm
+    tracker.finish("label maps compared")
     return LabelComparison(rows, vf, vm, notes, after_img if keep_warped else None)
+
+
+def _distances_per_label(work, items: list, tracker: ProgressTracker) -> dict:
+    """``work(item)`` for every (label, box) on as many threads as cores, in order, reporting each; a cancel
+    drops the labels not started yet."""
+    found = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1)))
+    try:
+        for i, (lab, sd) in enumerate(pool.map(work, items)):
+            found[lab] = sd
+            tracker.step("distances", (i + 1) / len(items), message=f"distances: {i + 1} of {len(items)} labels")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return found

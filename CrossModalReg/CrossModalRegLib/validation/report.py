@@ -8,7 +8,7 @@ these inputs and the rows below into tables.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from ..errors import CrossModalRegError
 from ..landmarks.fileio import LandmarkSet
+from ..progress import ProgressCallback, ProgressTracker
 from ..provenance import now_iso, sha256_of_image, sha256_of_json, software_versions
 from ..tables import Column
 from . import measures as _measures
@@ -219,7 +220,7 @@ def validate(
     nmi_bins: int = 64,
     profile: Profile | None = None,
     input_checksums: Mapping[str, str] | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> ValidationReport:
     """Validate a registration transform with every measure its inputs allow.
 
@@ -255,14 +256,22 @@ def validate(
         Acceptance profile giving pass/fail per measure.
     input_checksums : mapping, optional
         Checksums of the input files (recorded in the provenance).
-    progress : callable, optional
-        Called with a short message between stages.
+    progress : callable(Progress), optional
+        The library's progress protocol (:mod:`CrossModalRegLib.progress`): a report as each group of measures
+        starts (its ``message`` names it) and within the overlap measures; raising ``RegistrationCancelled`` from
+        it stops the validation.
 
     Returns
     -------
     ValidationReport
     """
-    say = progress or (lambda msg: None)
+    tracker = ProgressTracker(progress, {"landmarks": 1.0 * (fixed_landmarks is not None),
+                                         "overlap": 6.0 * (fixed_labels is not None), "jacobian": 3.0,
+                                         "nmi": 1.0 * (fixed is not None)})
+
+    def say(phase, message):
+        tracker.step(phase, 0.0, message=message)
+
     if jacobian not in ("auto", "always", "never"):
         raise CrossModalRegError(f"jacobian must be auto, always or never, got '{jacobian}'")
     if (fixed_landmarks is None) != (moving_landmarks is None):
@@ -277,7 +286,7 @@ def validate(
 
     # --------------------------------------------------------------------------------- landmarks
     if fixed_landmarks is not None:
-        say("landmark errors")
+        say("landmarks", "landmark errors")
         lm = landmark_errors(fixed_landmarks, moving_landmarks, tx, driving_labels=driving_labels, fle_mm=fle_mm,
                              unpaired=unpaired_landmarks)
         report.landmarks = lm
@@ -301,8 +310,9 @@ def validate(
 
     # --------------------------------------------------------------------------------- overlap
     if fixed_labels is not None:
-        say("overlap and surface distances")
-        comp = compare_label_maps(fixed_labels, moving_labels, tx, label_names=label_names, progress=progress)
+        say("overlap", "overlap and surface distances")
+        comp = compare_label_maps(fixed_labels, moving_labels, tx, label_names=label_names,
+                                  progress=lambda p: tracker.step("overlap", p.fraction, message=p.message))
         report.labels = comp
         compared = [r for r in comp.rows if r.dice_after is not None]
         values["labels_compared"] = len(compared)
@@ -327,12 +337,12 @@ def validate(
     if jacobian == "never":
         reasons.update({k: "Jacobian not requested" for k in jac_keys})
     elif linear and jacobian == "auto":
-        say("Jacobian of a linear transform")
+        say("jacobian", "Jacobian of a linear transform")
         report.jacobian = linear_jacobian_statistics(tx, bounds=tuple(jacobian_bounds))
     elif fixed is None and fixed_labels is None:
         reasons.update({k: "no fixed image or label map to give the grid" for k in jac_keys})
     else:
-        say("Jacobian determinant map")
+        say("jacobian", "Jacobian determinant map")
         grid = fixed if fixed is not None else fixed_labels
         report.jacobian_image = jacobian_determinant_image(tx, grid)
         report.jacobian = jacobian_statistics(report.jacobian_image, jacobian_mask, bounds=jacobian_bounds)
@@ -348,7 +358,7 @@ def validate(
 
     # --------------------------------------------------------------------------------- NMI
     if fixed is not None:
-        say("normalized mutual information")
+        say("nmi", "normalized mutual information")
         nmi = nmi_before_after(fixed, moving, tx, bins=nmi_bins)
         report.nmi = nmi
         values["nmi_before"], values["nmi_after"] = _clean(nmi.before), _clean(nmi.after)
@@ -391,4 +401,5 @@ def validate(
         "profile": None if profile is None else {"name": profile.name, "version": profile.version,
                                                   "source": profile.source, "sha256": profile.sha256},
     }
+    tracker.finish("validated")
     return report

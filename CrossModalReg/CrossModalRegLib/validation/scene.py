@@ -23,6 +23,7 @@ from ..mrml import (
     transform_fixed_to_moving_from_node,
     volume_node_from_image,
 )
+from ..progress import ProgressTracker
 from ..tables import table_node_from_rows
 from .report import LANDMARK_COLUMNS, SEGMENT_COLUMNS, SUMMARY_COLUMNS, ValidationReport, validate
 from .transforms import FIXED_TO_MOVING
@@ -235,8 +236,9 @@ def validate_nodes(scene, transform_node, *, direction: str = FIXED_TO_MOVING, f
     ``jacobian_mask`` a label map or segmentation on the fixed side. ``outputs`` may hand in nodes to update
     (keys as :func:`write_report_to_scene`'s keywords). Nothing is added to the scene if the inputs are invalid,
     and an output node that is one of the inputs (or chosen for two outputs) is refused before anything is
-    computed. ``progress(message)`` is called between stages and once more just before the results are written:
-    an exception it raises (a cancel, a closed scene) leaves the scene unchanged.
+    computed. ``progress`` receives :class:`~CrossModalRegLib.progress.Progress` reports (the library's protocol)
+    during the validation and once more, "writing the results", just before anything is added to the scene:
+    ``RegistrationCancelled`` (or any exception) raised from it leaves the scene unchanged.
     """
     from ..mrml import segmentation_or_labelmap_to_mask
     from ..outputs import check_outputs
@@ -262,17 +264,19 @@ def validate_nodes(scene, transform_node, *, direction: str = FIXED_TO_MOVING, f
             fixed_segmentation, moving_segmentation, fixed_reference_volume=fixed_volume,
             moving_reference_volume=moving_volume)
     mask = segmentation_or_labelmap_to_mask(jacobian_mask, fixed_volume) if jacobian_mask is not None else None
+    tracker = ProgressTracker(progress, {"validate": 9.0, "write": 1.0})
     report = validate(transform, direction=direction, fixed=fixed, moving=moving, fixed_landmarks=fl,
                       moving_landmarks=ml, driving_labels=driving_labels, fle_mm=fle_mm,
                       unpaired_landmarks=unpaired_landmarks, fixed_labels=fixed_labels, moving_labels=moving_labels,
-                      label_names=names, jacobian=jacobian, jacobian_mask=mask, profile=profile, progress=progress)
+                      label_names=names, jacobian=jacobian, jacobian_mask=mask, profile=profile,
+                      progress=lambda p: tracker.step("validate", p.fraction, message=p.message))
     report.provenance["input_nodes"] = {
         k: (n.GetName() if n is not None else None) for k, n in (
             ("transform", transform_node), ("fixed_volume", fixed_volume), ("moving_volume", moving_volume),
             ("fixed_landmarks", fixed_landmarks), ("moving_landmarks", moving_landmarks),
             ("fixed_segmentation", fixed_segmentation), ("moving_segmentation", moving_segmentation))
     }
-    if progress is not None:
-        progress("writing the results")
+    tracker.step("write", 0.0, message="writing the results")
     nodes = write_report_to_scene(scene, report, name=name, **given_outputs)
+    tracker.finish("results written")
     return report, nodes
