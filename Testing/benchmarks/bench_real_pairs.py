@@ -36,11 +36,12 @@ def pairs(data):
         yield ("epi_t1", case.fixed, case.moving, case.targets_fixed, case.targets_moving, "mm",
                ["mr-epi-t1-rigid", "multimodal-rigid"], "FLIRT (reference)")
     for case in bc.histology_cases(data):
-        yield ("histology/rat_kidney", case.fixed, case.moving, case.targets_fixed, case.targets_moving, "px",
+        # mm of the JPEGs' density spacing (0.357 mm/px), as the points are physical: "px" until 2026-12-03 was wrong
+        yield ("histology/rat_kidney", case.fixed, case.moving, case.targets_fixed, case.targets_moving, "mm",
                ["histology-stain-affine-bspline"], "69 expert landmarks")
     for stain in ("CD31", "Cc10", "Ki67", "proSPC"):
         f, m, pf, pm = rp.lung_lesion_pair(data, stain)
-        yield (f"lung_lesion/He-{stain}", f, m, pf, pm, "px", ["histology-stain-affine-bspline"],
+        yield (f"lung_lesion/He-{stain}", f, m, pf, pm, "mm", ["histology-stain-affine-bspline"],
                f"{len(pf)} landmarks (PS)")
     us, mr, pu, pm = rp.resect_case24(data)
     yield ("resect/Case24 (US fixed, MR moving)", us, mr, pu, pm, "mm", ["multimodal-rigid", "mr-us-deformable"],
