@@ -264,7 +264,49 @@ def test_validate_refuses_2d_pixel_landmarks_in_one_line(files, tmp_path, capsys
     assert cli.main(["validate", "--fixed", p["fixed"], "--moving", p["moving"], "--transform", str(tmp_path / "t.tfm"),
                      "--fixed-landmarks", str(pixel), "--moving-landmarks", p["M"], "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "px.csv are 2D (pixel)" in err[0] and not out.exists()
+    assert len(err) == 1 and "px.csv' are 2D pixels but the fixed image is 3D" in err[0] and not out.exists()
+
+
+def test_2d_register_then_validate_with_the_pixel_csvs_it_wrote_gives_its_own_landmark_errors(shared_data, tmp_path,
+                                                                                               capsys):
+    """A 2D pair (BrainWeb, moving shifted by the README's (13, 17) mm): register with pixel landmark files, then
+    validate with the pixel CSVs register wrote: validate measures them (as a one-slice volume) and finds the
+    distances register recorded; and 3D landmarks off the 2D plane are refused in one line."""
+    from _cases import BRAINWEB_CASES
+
+    fixed_name, moving_name, truth = BRAINWEB_CASES["shift_13_17"]
+    f_path, m_path = (str(shared_data / "brainweb2d" / n) for n in (fixed_name, moving_name))
+    fixed, moving = sitk.ReadImage(f_path), sitk.ReadImage(m_path)
+    f_px = np.array([[60.0, 70.0], [150.0, 80.0], [100.0, 160.0], [70.0, 140.0]])
+    tx = truth()
+    m_px = np.array([moving.TransformPhysicalPointToContinuousIndex(
+        tx.TransformPoint(fixed.TransformContinuousIndexToPhysicalPoint(tuple(p)))) for p in f_px])
+    labels = ["a", "b", "c", "d"]
+    write_landmarks_csv(str(tmp_path / "F.csv"), labels, f_px, frame="pixel")
+    write_landmarks_csv(str(tmp_path / "M.csv"), labels, m_px, frame="pixel")
+    reg = tmp_path / "reg"
+    assert cli.main(["register", "--fixed", f_path, "--moving", m_path, "--fixed-landmarks", str(tmp_path / "F.csv"),
+                     "--moving-landmarks", str(tmp_path / "M.csv"), "--landmarks-for", "evaluation", "--no-progress",
+                     "--output-dir", str(reg)]) == 0
+    recorded = json.loads((reg / "registration.json").read_text())["landmarks"]
+    val = tmp_path / "val"
+    assert cli.main(["validate", "--fixed", f_path, "--moving", m_path, "--transform", str(reg / "transform.h5"),
+                     "--fixed-landmarks", str(reg / "fixed_landmarks.csv"), "--moving-landmarks",
+                     str(reg / "moving_landmarks.csv"), "--output-dir", str(val)]) == 0
+    rows = _tsv(val / "landmarks.tsv")
+    assert [r["label"] for r in rows] == labels
+    np.testing.assert_allclose([float(r["tre_after_mm"]) for r in rows], recorded["distance_after_mm"], atol=1e-3)
+    np.testing.assert_allclose([float(r["tre_before_mm"]) for r in rows], recorded["distance_before_mm"], atol=1e-3)
+    assert max(recorded["distance_after_mm"]) < 0.5 < min(recorded["distance_before_mm"])  # 21.4 mm before
+    capsys.readouterr()
+    lifted = tmp_path / "F3d.csv"
+    pts = np.array([fixed.TransformContinuousIndexToPhysicalPoint(tuple(p)) for p in f_px])
+    write_landmarks_csv(str(lifted), labels, np.column_stack([pts, np.full(len(pts), 5.0)]))
+    assert cli.main(["validate", "--fixed", f_path, "--moving", m_path, "--transform", str(reg / "transform.h5"),
+                     "--fixed-landmarks", str(lifted), "--moving-landmarks", str(reg / "moving_landmarks.csv"),
+                     "--output-dir", str(tmp_path / "val3d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "off the image plane" in err[0] and not (tmp_path / "val3d").exists()
 
 
 def test_a_landmark_set_refuses_what_pairing_cannot_use_and_the_writer_what_a_csv_cannot_hold(tmp_path):
@@ -280,3 +322,28 @@ def test_a_landmark_set_refuses_what_pairing_cannot_use_and_the_writer_what_a_cs
     with pytest.raises(CrossModalRegError, match="contains a comma"):
         write_landmarks_csv(str(tmp_path / "x.csv"), node_like.labels, node_like.points)
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_stats_says_which_labels_a_consensus_csv_leaves_out_and_the_chain_pairs_the_rest(files, tmp_path, capsys):
+    """A second annotator 25 mm off on one fixed landmark: the pair is flagged there, the fixed consensus CSV has
+    no such row; stats names it, `landmarks register` without --skip-unpaired-landmarks refuses naming it, and with
+    it registers on the other five."""
+    d, p = files
+    bad = read_landmark_file(p["F2"]).points.copy()
+    bad[2] += [25.0, 0.0, 0.0]
+    write_landmarks_csv(str(tmp_path / "F2bad.csv"), LABELS, bad)
+    session, stats = tmp_path / "session", tmp_path / "stats"
+    assert cli.main(["landmarks", "import", str(session), "--image", f"fixed={p['fixed']}", "--image",
+                     f"moving={p['moving']}", "--annotator", f"a=fixed:{p['F']},moving:{p['M']}",
+                     "--annotator", f"b=fixed:{tmp_path / 'F2bad.csv'},moving:{p['M2']}"]) == 0
+    capsys.readouterr()
+    assert cli.main(["landmarks", "stats", str(session), "--output-dir", str(stats), "--outlier-distance", "5"]) == 0
+    out = capsys.readouterr().out
+    assert f"fixed: consensus_fixed.csv leaves out {LABELS[2]}" in out, out
+    assert LABELS[2] not in read_landmark_file(str(stats / "consensus_fixed.csv")).labels
+    args = ["landmarks", "register", "--fixed-landmarks", str(stats / "consensus_fixed.csv"), "--moving-landmarks",
+            str(stats / "consensus_moving.csv"), "--model", "rigid"]
+    assert cli.main(args + ["--output-dir", str(tmp_path / "refused")]) == 2
+    assert LABELS[2] in capsys.readouterr().err
+    assert cli.main(args + ["--output-dir", str(tmp_path / "lreg"), "--skip-unpaired-landmarks"]) == 0
+    assert json.loads((tmp_path / "lreg" / "registration.json").read_text())["n_landmarks"] == len(LABELS) - 1

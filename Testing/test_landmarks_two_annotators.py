@@ -172,7 +172,7 @@ def _jpeg_with_density(path, dots_per_cm=28):
     return path
 
 
-def test_a_jpeg_with_a_spacing_gives_the_same_pixels_from_a_pixel_file_and_from_a_millimetre_file(tmp_path):
+def test_a_jpeg_with_a_spacing_gives_the_same_pixels_from_a_pixel_file_and_from_a_millimetre_file(tmp_path, capsys):
     jpg = _jpeg_with_density(tmp_path / "slide.jpg", 28)
     geom = image_geometry(str(jpg))
     assert geom["spacing"] == pytest.approx([10 / 28, 10 / 28]) and geom["size"] == [90, 60]
@@ -196,6 +196,11 @@ def test_a_jpeg_with_a_spacing_gives_the_same_pixels_from_a_pixel_file_and_from_
         assert summary["units"] == units and summary["images"]["slide"]["fle"] == pytest.approx(expected)
         for table in ("landmarks", "annotators"):
             assert {r["unit"] for r in csv.DictReader(open(out / f"{table}.tsv"), delimiter="\t")} == {units}
+        # consensus files stay in the session's own units (pixels): none in mm, and stats says so
+        assert (out / "consensus_slide.csv").exists() == (units == "pixel")
+        if units == "mm":
+            assert "no consensus_slide.csv: consensus files are written in the session's own units" in \
+                capsys.readouterr().out
 
 
 def test_a_point_outside_the_image_is_refused_naming_file_row_and_bounds(tmp_path):

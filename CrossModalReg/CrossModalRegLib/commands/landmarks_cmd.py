@@ -132,13 +132,14 @@ def run_stats(args) -> int:
                                outlier_factor=factor, bias_alpha=args.bias_alpha, units=units)
     tables = stats.tables()
     with OutputFolder(args.output_dir, overwrite=args.overwrite, inputs=[args.session]) as out:
-        _write_stats(out.staging, args, session, stats, tables, factor)
+        consensus_notes = _write_stats(out.staging, args, session, stats, tables, factor)
     _print_stats(stats)
+    for line in consensus_notes:
+        print(line)
     return 0
 
 
 def _write_stats(folder, args, session, stats, tables, factor):
-    from ..landmarks import write_landmark_set_csv
     from ..provenance import write_json_atomic
     from ..tables import write_tsv
 
@@ -154,10 +155,28 @@ def _write_stats(folder, args, session, stats, tables, factor):
         "consensus": args.consensus, "outlier_distance": args.outlier_distance,
         "outlier_factor": factor, "bias_alpha": args.bias_alpha, "units": stats.distance_units})
     write_json_atomic(os.path.join(folder, "landmark_statistics.json"), summary)
-    for image in stats.per_image:
+    return _write_consensus_csvs(folder, stats)
+
+
+def _write_consensus_csvs(folder, stats) -> list[str]:
+    """``consensus_<image>.csv`` for every analysed image; returns the lines that say what each file leaves out
+    (landmarks without a consensus there: a flagged outlier pair, too few annotators) or why none was written."""
+    from ..landmarks import write_landmark_set_csv
+
+    notes = []
+    for image, st in stats.per_image.items():
         consensus = stats.consensus_landmarks(image)
-        if consensus is not None and len(consensus):
+        if consensus is None:
+            notes.append(f"{image}: no consensus_{image}.csv: consensus files are written in the session's own units "
+                         f"({stats.session.units}), not in --units {stats.distance_units}")
+            continue
+        if len(consensus):
             write_landmark_set_csv(os.path.join(folder, f"consensus_{image}.csv"), consensus)
+        left_out = [lab for lab in st.labels if lab not in set(consensus.labels)]
+        if left_out:
+            notes.append(f"{image}: consensus_{image}.csv leaves out {', '.join(left_out)} (no consensus there); "
+                         "pair such files with --skip-unpaired-landmarks")
+    return notes
 
 
 def _print_stats(stats):
