@@ -47,4 +47,20 @@ def scene(slicer_app):
 
 
 # GUI harness fixtures (Testing/slicer_gui): slicer_gui, module_widget, slot_errors.
+@pytest.fixture
+def itk_threads_seen(monkeypatch):
+    """ITK's global thread count at the moment each ``ImageRegistrationMethod.Execute`` runs (a spy), in order."""
+    import SimpleITK as sitk
+
+    seen = []
+    execute = sitk.ImageRegistrationMethod.Execute
+
+    def spy(self, *args):
+        seen.append(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+        return execute(self, *args)
+
+    monkeypatch.setattr(sitk.ImageRegistrationMethod, "Execute", spy)
+    return seen
+
+
 from slicer_gui.fixtures import _slicer_gui_installed, module_widget, slicer_gui, slot_errors  # noqa: E402,F401

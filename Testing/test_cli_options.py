@@ -78,16 +78,9 @@ def _parameters_of(images, out, seed):
 
 
 @pytest.mark.parametrize("threads, expected", [(None, 1), ("2", 2)])
-def test_threads_is_what_itk_runs_every_optimisation_with(images, tmp_path, monkeypatch, threads, expected):
+def test_threads_is_what_itk_runs_every_optimisation_with(images, tmp_path, itk_threads_seen, threads, expected):
     """Seen from inside ITK's optimiser at the moment it runs, and recorded; the default is one thread."""
-    seen = []
-    execute = sitk.ImageRegistrationMethod.Execute
-
-    def spy(self, *args):
-        seen.append(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
-        return execute(self, *args)
-
-    monkeypatch.setattr(sitk.ImageRegistrationMethod, "Execute", spy)
+    seen = itk_threads_seen
     before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     prov = _register(images, tmp_path / "out", *(["--threads", threads] if threads else []))
     assert len(seen) >= 3 and set(seen) == {expected}, seen

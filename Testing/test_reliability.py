@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from _cases import folder_digest
 
 from CrossModalRegLib import cli
 from CrossModalRegLib.output_dir import OutputFolder
@@ -71,28 +72,18 @@ def one_error_line(capsys, code, want=2) -> str:
     return err[0]
 
 
-def snapshot(folder) -> dict:
-    out = {}
-    for root, _, names in os.walk(folder):
-        for n in names:
-            p = os.path.join(root, n)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, folder)] = f.read()
-    return out
-
-
 # ------------------------------------------------------------------------------- 1. the output-folder protocol
 def test_overwrite_never_deletes_an_input_inside_the_output_folder(files, capsys):
     inside = files / "inside"
     inside.mkdir()
     sitk.WriteImage(blob(), str(inside / "f.nii.gz"))
-    before = snapshot(inside)
+    before = folder_digest(inside)
     code = cli.main(register_args(files, inside, "--overwrite", fixed="inside/f.nii.gz"))
     assert "contains the input" in one_error_line(capsys, code)
     code = cli.main(["validate", "--fixed", str(inside / "f.nii.gz"), "--moving", str(files / "m.nii.gz"),
                      "--transform", str(files / "id3.tfm"), "--output-dir", str(inside), "--overwrite"])
     assert "contains the input" in one_error_line(capsys, code)
-    assert snapshot(inside) == before
+    assert folder_digest(inside) == before
 
 
 @pytest.mark.parametrize("target", [".", ".."])
@@ -163,10 +154,10 @@ def test_a_failed_run_removes_the_parents_it_made_and_keeps_the_old_output(files
     assert not (files / "a").exists()
     old = files / "old"
     assert cli.main(_validate(files, old)) == 0
-    before = snapshot(old)
+    before = folder_digest(old)
     code = cli.main(_validate(files, old, "--overwrite", transform="id2.tfm"))
     one_error_line(capsys, code)
-    assert snapshot(old) == before  # --overwrite replaces only at the final rename
+    assert folder_digest(old) == before  # --overwrite replaces only at the final rename
     assert sorted(n for n in os.listdir(files) if n.startswith(".")) == []
 
 
@@ -444,19 +435,12 @@ def test_batch_checks_preset_cells_and_set_before_running_anything(files, capsys
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_batch_itk_threads_is_what_itk_runs_the_optimiser_with(files, monkeypatch, threads):
+def test_batch_itk_threads_is_what_itk_runs_the_optimiser_with(files, itk_threads_seen, threads):
     """`batch --itk-threads N`: ITK's thread count at the moment each optimisation executes, seen from inside."""
     from CrossModalRegLib.batch.case import CaseOptions, run_case
     from CrossModalRegLib.batch.cohort import read_cohort
 
-    seen = []
-    execute = sitk.ImageRegistrationMethod.Execute
-
-    def spy(self, *args):
-        seen.append(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
-        return execute(self, *args)
-
-    monkeypatch.setattr(sitk.ImageRegistrationMethod, "Execute", spy)
+    seen = itk_threads_seen
     case = read_cohort(str(_cohort(files)))[0]
     overrides = {"stages.0.optimizer.iterations": 15, "initialization.rotation_search.enabled": False,
                  "initialization.orientation_search.enabled": False}
