@@ -347,3 +347,14 @@ def test_stats_says_which_labels_a_consensus_csv_leaves_out_and_the_chain_pairs_
     assert LABELS[2] in capsys.readouterr().err
     assert cli.main(args + ["--output-dir", str(tmp_path / "lreg"), "--skip-unpaired-landmarks"]) == 0
     assert json.loads((tmp_path / "lreg" / "registration.json").read_text())["n_landmarks"] == len(LABELS) - 1
+
+
+def test_2d_landmarks_outside_their_image_are_refused_with_the_pixel_bounds():
+    image = sitk.Image(60, 40, sitk.sitkFloat32)
+    image.SetSpacing((0.5, 0.25))
+    inside = LandmarkSet(["a", "b"], np.array([[-0.5, 0.0], [59.5, 39.5]]), "pixel", "in.csv")  # on the edges
+    assert len(landmarks_in_image_space(image, inside, "fixed")) == 2
+    outside = LandmarkSet(["a", "b"], np.array([[3.0, 4.0], [61.0, 5.0]]), "pixel", "out.csv")
+    with pytest.raises(CrossModalRegError, match=r"1 of 2 fixed landmarks of 'out.csv' lie outside the fixed image "
+                                                 r"\(e\.g\. 'b' at pixel \[61\.0, 5\.0\]; the image is 60 x 40 pixels"):
+        landmarks_in_image_space(image, outside, "fixed")

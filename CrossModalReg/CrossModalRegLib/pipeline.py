@@ -61,21 +61,23 @@ def landmarks_in_image_space(image: sitk.Image, landmarks, role: str):
 
 
 PLANE_TOLERANCE_MM = 1e-3  # a 3D point this close to z = 0 lies on a 2D image's plane
-OUTSIDE_MARGIN = 0.5  # voxels beyond the image edge still count as inside (placement on the border)
 
 
 def _check_inside(image: sitk.Image, points_lps, landmarks, role: str) -> None:
-    """Refuse landmarks outside their (2D) image by more than half a pixel: the wrong file, frame or scale."""
-    size = np.asarray(image.GetSize(), dtype=float)
-    idx = np.array([image.TransformPhysicalPointToContinuousIndex(tuple(map(float, p))) for p in points_lps])
-    out = np.any((idx < -OUTSIDE_MARGIN) | (idx > size - 1 + OUTSIDE_MARGIN), axis=1)
+    """Refuse landmarks outside their (2D) image beyond its pixel edges: the wrong file, frame or scale. The same
+    rule as ``landmarks import`` (:func:`.landmarks.units.outside_image`)."""
+    from .landmarks.units import image_geometry, outside_image, physical_lps_to_pixel, pixel_bounds_text
+
+    geometry = image_geometry(image)
+    idx = physical_lps_to_pixel(points_lps, geometry)
+    out = outside_image(idx, geometry)
     if out.any():
         first = int(np.argmax(out))
         raise CrossModalRegError(
             f"{int(out.sum())} of {len(out)} {role} landmarks of '{landmarks.source}' lie outside the {role} image "
-            f"(e.g. '{landmarks.labels[first]}' at voxel {np.round(idx[first], 1).tolist()} of a "
-            f"{' x '.join(str(int(v)) for v in size)} grid): check that the file belongs to this image and its frame "
-            "(LPS or RAS) and scale")
+            f"(e.g. '{landmarks.labels[first]}' at pixel {np.round(idx[first], 1).tolist()}; the image is "
+            f"{pixel_bounds_text(geometry)}): check that the file belongs to this image and its frame (LPS or RAS) "
+            "and scale")
 
 
 def read_landmark_pairs(fixed: sitk.Image, moving: sitk.Image, fixed_path: str, moving_path: str, *,
