@@ -148,6 +148,18 @@ def embed_3d(tx: sitk.Transform) -> sitk.Transform:
     return _embed_2d_deformable(tx)
 
 
+def embed_3d_image(image: sitk.Image | None) -> sitk.Image | None:
+    """A 2D image as the one-slice volume a 3D-only step takes (z = 0, 1 mm thick); 3D images (and None) as they
+    are. Goes with :func:`embed_3d` for its transform and :func:`embed_3d_points` for its points."""
+    return image if image is None or image.GetDimension() == 3 else sitk.JoinSeries(image)
+
+
+def embed_3d_points(points) -> np.ndarray:
+    """(N, 2) points of a 2D image's plane as (N, 3) with z = 0; (N, 3) points as they are."""
+    p = np.asarray(points, dtype=float)
+    return np.column_stack([p, np.zeros(len(p))]) if p.ndim == 2 and p.shape[1] == 2 else p
+
+
 def _embed_2d_deformable(tx):
     """Sample a 2D deformable transform on a 1 mm-ish grid over its B-spline domain as a one-slice 3D field."""
     comps = ([tx.GetNthTransform(i) for i in range(tx.GetNumberOfTransforms())]

@@ -27,6 +27,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from .geometry import embed_3d_points
 from .overlay import layer_rgba
 
 VIEWS_3D = ("Axial", "Coronal", "Sagittal")
@@ -72,13 +73,6 @@ def _ras(points_lps) -> np.ndarray:
     return p * np.array([-1.0, -1.0, 1.0])
 
 
-def _as_3d_points(points) -> np.ndarray:
-    p = np.asarray(points, float)
-    if p.ndim == 2 and p.shape[1] == 2:
-        p = np.concatenate([p, np.zeros((len(p), 1))], axis=1)
-    return p
-
-
 def foreground_roi(fixed: sitk.Image, landmarks_lps=None) -> Roi:
     """Centre and extent of the fixed image's foreground (Otsu threshold on a shrunk copy), in RAS mm.
 
@@ -100,12 +94,12 @@ def foreground_roi(fixed: sitk.Image, landmarks_lps=None) -> Roi:
         lo, size = box[:dim], box[dim:]
         idx = np.array(np.meshgrid(*[[lo[d], lo[d] + size[d] - 1] for d in range(dim)])).reshape(dim, -1).T
         corners = [small.TransformIndexToPhysicalPoint([int(v) for v in i]) for i in idx]
-    c = _ras(_as_3d_points(corners))
+    c = _ras(embed_3d_points(corners))
     center = 0.5 * (c.min(axis=0) + c.max(axis=0))
     extent = c.max(axis=0) - c.min(axis=0) + np.array(small.GetSpacing() + (0.0,) * (3 - dim))[:3]
     source = "fixed foreground"
     if landmarks_lps is not None and len(landmarks_lps):
-        center = _ras(_as_3d_points(landmarks_lps)).mean(axis=0)
+        center = _ras(embed_3d_points(landmarks_lps)).mean(axis=0)
         source = "fixed landmarks' centroid"
     if dim == 2:
         center[2] = 0.0
@@ -354,16 +348,16 @@ class QcPictures:
 def landmark_targets_in_fixed(transform, fixed_lps, moving_lps):
     """Where each moving landmark lies in fixed space (LPS) through ``transform`` (fixed -> moving): the exact
     inverse for linear transforms; for others the moving-space error added to the fixed landmark."""
-    fixed_lps = _as_3d_points(fixed_lps)
-    moving_lps = _as_3d_points(moving_lps)
+    fixed_lps = embed_3d_points(fixed_lps)
+    moving_lps = embed_3d_points(moving_lps)
     if transform is None:
         return moving_lps
     dim = transform.GetDimension()
     try:
         inv = transform.GetInverse()
-        return _as_3d_points([inv.TransformPoint(tuple(map(float, p[:dim]))) for p in moving_lps])
+        return embed_3d_points([inv.TransformPoint(tuple(map(float, p[:dim]))) for p in moving_lps])
     except RuntimeError:
-        mapped = _as_3d_points([transform.TransformPoint(tuple(map(float, p[:dim]))) for p in fixed_lps])
+        mapped = embed_3d_points([transform.TransformPoint(tuple(map(float, p[:dim]))) for p in fixed_lps])
         return fixed_lps + (moving_lps - mapped)
 
 
@@ -401,7 +395,7 @@ def render_qc(scene, app_logic, fixed: sitk.Image, fixed_node, moving_node, tran
     edges = [None] * len(geoms)
     panels = {}
     have_lm = fixed_landmarks is not None and moving_landmarks is not None
-    f_ras = _ras(_as_3d_points(fixed_landmarks)) if have_lm else None
+    f_ras = _ras(embed_3d_points(fixed_landmarks)) if have_lm else None
     try:
         for state, tnode, tx in (("before", None, None), ("after", transform_node, transform)):
             moving_node.SetAndObserveTransformNodeID(tnode.GetID() if tnode is not None else None)

@@ -207,17 +207,9 @@ def write_failed_case(case, output_dir: str, options: CaseOptions, kind: str, re
 
 
 # ------------------------------------------------------------------------------------------- validation
-def _as_3d(image):
-    import SimpleITK as sitk
-
-    return image if image.GetDimension() == 3 else sitk.JoinSeries(image)
-
-
 def _validate(case, fixed, moving, result, landmarks, options: CaseOptions, staging: str, record: dict) -> None:
     """TRE / Dice / Jacobian (and NMI) with ``validation.validate``; 2D cases are embedded as one-slice 3D."""
-    import numpy as np
-
-    from ..geometry import embed_3d
+    from ..geometry import embed_3d, embed_3d_image, embed_3d_points
     from ..pipeline import read_image
     from ..provenance import write_json_atomic
     from ..tables import write_tsv
@@ -231,19 +223,16 @@ def _validate(case, fixed, moving, result, landmarks, options: CaseOptions, stag
     if landmarks is not None:
         fl, ml, labels = landmarks
 
-        def pad(p):
-            return np.column_stack([p, np.zeros(len(p))]) if p.shape[1] == 2 else p
-
-        kw["fixed_landmarks"] = LandmarkSet(tuple(labels), pad(np.asarray(fl, float)))
-        kw["moving_landmarks"] = LandmarkSet(tuple(labels), pad(np.asarray(ml, float)))
+        kw["fixed_landmarks"] = LandmarkSet(tuple(labels), embed_3d_points(fl))
+        kw["moving_landmarks"] = LandmarkSet(tuple(labels), embed_3d_points(ml))
         if case.landmarks_for == "initialization":
             kw["driving_labels"] = list(labels)
     if case.fixed_labels:
-        kw["fixed_labels"] = _as_3d(read_image(case.fixed_labels, "fixed labels"))
-        kw["moving_labels"] = _as_3d(read_image(case.moving_labels, "moving labels"))
+        kw["fixed_labels"] = embed_3d_image(read_image(case.fixed_labels, "fixed labels"))
+        kw["moving_labels"] = embed_3d_image(read_image(case.moving_labels, "moving labels"))
     profile = load_profile(options.profile) if options.profile else None
     # A 2D case is a one-slice volume here; its Jacobian map is the 2D one (validation.jacobian handles one slice).
-    report = validate(embed_3d(tx), fixed=_as_3d(fixed), moving=_as_3d(moving), profile=profile,
+    report = validate(embed_3d(tx), fixed=embed_3d_image(fixed), moving=embed_3d_image(moving), profile=profile,
                       jacobian="auto" if nonlinear else "never",
                       input_checksums={k: sha256_of_file(v) for k, v in case.files().items()}, **kw)
     vdir = os.path.join(staging, "validation")

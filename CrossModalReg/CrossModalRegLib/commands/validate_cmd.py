@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from ..errors import CrossModalRegError
 from . import add_skip_unpaired_option
 
@@ -80,32 +78,20 @@ def _check_transform_dimension(transform, fixed, path):
                                  f"{fixed.GetDimension()}D: give a {fixed.GetDimension()}D transform")
 
 
-def read_landmarks(path, role, image=None):
+def read_landmarks(path, role, image):
     """The landmarks of ``path`` (any format: :func:`~..landmarks.fileio.read_landmark_file`) as LPS mm points of
     ``image``'s physical space, with 3 coordinates (a 2D image's points get z = 0: validation embeds a 2D case as a
     one-slice volume, as batch does). Pixel files and 3D points off a 2D image's plane go through
     :func:`~..pipeline.landmarks_in_image_space` (the same rules as ``register``)."""
+    from ..geometry import embed_3d_points
     from ..landmarks.fileio import LandmarkSet, read_landmark_file
     from ..pipeline import landmarks_in_image_space
 
     if not os.path.isfile(path):
         raise CrossModalRegError(f"{role} landmarks file not found: {path}")
     landmarks = read_landmark_file(path)
-    if image is None:
-        if landmarks.frame == "pixel" or landmarks.dimension != 3:
-            raise CrossModalRegError(f"{role} landmarks {path} are 2D ({landmarks.frame}): give the {role} image")
-        return landmarks
     placed = landmarks_in_image_space(image, landmarks, role)
-    pts = np.asarray(placed.points, dtype=float)
-    if pts.shape[1] == 2:
-        pts = np.column_stack([pts, np.zeros(len(pts))])
-    return LandmarkSet(placed.labels, pts, "LPS", placed.source)
-
-
-def _as_3d(image):
-    import SimpleITK as sitk
-
-    return image if image is None or image.GetDimension() == 3 else sitk.JoinSeries(image)
+    return LandmarkSet(placed.labels, embed_3d_points(placed.points), "LPS", placed.source)
 
 
 # -------------------------------------------------------------------------------------------------- run
@@ -162,11 +148,11 @@ def _validate_into(args, tmp):
     mask = _read_image(args.jacobian_mask, "Jacobian mask") if args.jacobian_mask else None
     if fl is not None and fixed.GetDimension() == 2:
         # 2D landmarks are measured in 3D (z = 0): the case becomes a one-slice volume, as in batch
-        from ..geometry import embed_3d
+        from ..geometry import embed_3d, embed_3d_image
 
         transform = embed_3d(transform)
-        fixed, moving, fixed_labels, moving_labels, mask = (_as_3d(v) for v in (fixed, moving, fixed_labels,
-                                                                                  moving_labels, mask))
+        fixed, moving, fixed_labels, moving_labels, mask = (embed_3d_image(v) for v in (
+            fixed, moving, fixed_labels, moving_labels, mask))
     driving = None
     if args.driving_landmarks is not None:
         driving = [s.strip() for s in args.driving_landmarks.split(",") if s.strip()]
