@@ -47,6 +47,7 @@ def run(args) -> int:
 
     from .. import simulation as sim
     from ..geometry import transform_points
+    from ..image_io import write_image
     from ..output_dir import OutputFolder
     from ..pipeline import TerminalProgress, run_registration_job
     from ..provenance import write_json_atomic
@@ -59,8 +60,8 @@ def run(args) -> int:
         fixed = sim.render(model, "t1", rng=rng)
         phantom_dir = os.path.join(tmp, "phantom")
         os.makedirs(phantom_dir)
-        sitk.WriteImage(fixed, os.path.join(phantom_dir, "fixed_mr_t1.nii.gz"), useCompression=True)
-        sitk.WriteImage(model.labels, os.path.join(phantom_dir, "tissue_labels.nii.gz"), useCompression=True)
+        write_image(fixed, os.path.join(phantom_dir, "fixed_mr_t1.nii.gz"))
+        write_image(model.labels, os.path.join(phantom_dir, "tissue_labels.nii.gz"))
         labels = list(model.landmarks_lps)
         fixed_pts = np.array([model.landmarks_lps[k] for k in labels])
         brain_targets = sim.points_in_mask(model.brain_mask(), 500, np.random.RandomState(args.seed + 1))
@@ -75,7 +76,7 @@ def run(args) -> int:
             moving = sim.simulate_pair(source, truth, spacing=spacing, rng=rng)
             case_dir = os.path.join(tmp, name)
             moving_path = os.path.join(phantom_dir, f"moving_{modality}.nii.gz")
-            sitk.WriteImage(moving, moving_path, useCompression=True)
+            write_image(moving, moving_path)
             sitk.WriteTransform(truth, os.path.join(phantom_dir, f"truth_{modality}_fixed_to_moving_lps.tfm"))
             angle = np.degrees(np.arccos(np.clip((np.trace(np.array(truth.GetMatrix()).reshape(3, 3)) - 1) / 2, -1, 1)))
             print(f"\n{name}: {modality.upper()} on a {moving.GetSize()} grid of {spacing} mm, misaligned by "
