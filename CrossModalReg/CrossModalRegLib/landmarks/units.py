@@ -204,12 +204,11 @@ def physical_transform_from_pixel_registration(result, fixed_geometry: dict, mov
     pf, pm = _pixel_to_lps_homogeneous(fixed_geometry), _pixel_to_lps_homogeneous(moving_geometry)
     if result.matrix_fixed_to_moving is not None:
         h2 = pm @ np.asarray(result.matrix_fixed_to_moving, dtype=float) @ np.linalg.inv(pf)
+        from ..geometry import affine_transform_from_matrix_lps
+
         h3 = np.eye(4)
         h3[:2, :2], h3[:2, 3] = h2[:2, :2], h2[:2, 2]
-        tx = sitk.AffineTransform(3)
-        tx.SetMatrix(tuple(h3[:3, :3].ravel()))
-        tx.SetTranslation(tuple(h3[:3, 3]))
-        return tx
+        return affine_transform_from_matrix_lps(h3, 3)
     if reference_image is None:
         raise CrossModalRegError("a thin-plate spline transform node needs the fixed image as reference grid")
     ref = reference_image
